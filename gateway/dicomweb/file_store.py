@@ -1,0 +1,242 @@
+"""The embedded store: a folder of DICOM Part 10 files, for one machine and the demo.
+
+Writes go through dicomweb-client's ``DICOMfileClient``. Its sqlite index
+only knows a handful of attributes (no StudyDescription, no time zone, no
+date ranges), so QIDO here is answered from a header index of our own and
+the PS3.4 matcher of :mod:`gateway.dicomweb.matching`.
+
+``DICOMfileClient`` keeps a sqlite connection that belongs to the thread that
+opened it, so every call into it, and the header index, runs on one
+dedicated worker thread; the event loop never blocks on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from dicomweb_client.file import DICOMfileClient
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+
+from gateway.dicomweb import dicomjson
+from gateway.dicomweb.dicomjson import (
+    INSTANCE_FIELDS,
+    SERIES_FIELDS,
+    STUDY_FIELDS,
+    DicomJson,
+    element,
+    tag,
+)
+from gateway.dicomweb.matching import matches
+from gateway.dicomweb.upstream import StoreResult
+from gateway.errors import UpstreamUnavailable
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+INDEX_DB_NAME = ".dicom-file-client.db"
+# External tools may drop files into the folder; look again at most this often.
+RESCAN_SECONDS = 2.0
+
+
+@dataclass
+class _IndexedFile:
+    mtime_ns: int
+    size: int
+    header: DicomJson
+
+
+def header_json(dataset: Dataset) -> DicomJson:
+    """The dataset as DICOM JSON without bulk data (pixels, overlays, blobs)."""
+    trimmed = Dataset()
+    for data_element in dataset:
+        if data_element.VR not in BINARY_VRS:
+            trimmed.add(data_element)
+    return trimmed.to_json_dict(bulk_data_threshold=1 << 30, suppress_invalid_tags=True)
+
+
+class FileStoreUpstream:
+    name = "embedded"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-store")
+        self._client: DICOMfileClient | None = None
+        self._files: dict[Path, _IndexedFile] = {}
+        self._scanned_at = 0.0
+        self._stale = True
+
+    async def _run(self, function: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, function)
+        except OSError as exc:
+            logger.error("embedded store failed: %s", exc)
+            raise UpstreamUnavailable("The embedded image store cannot be read.") from None
+
+    # -- header index (worker thread only) -------------------------------
+
+    def _file_client(self) -> DICOMfileClient:
+        if self._client is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._client = DICOMfileClient(url=self.root.as_uri(), update_db=True)
+        return self._client
+
+    def _refresh(self) -> None:
+        if not self._stale and time.monotonic() - self._scanned_at < RESCAN_SECONDS:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        seen: dict[Path, _IndexedFile] = {}
+        for path in sorted(self.root.rglob("*")):
+            if path.name.startswith(".") or not path.is_file():
+                continue
+            stat = path.stat()
+            known = self._files.get(path)
+            if known and known.mtime_ns == stat.st_mtime_ns and known.size == stat.st_size:
+                seen[path] = known
+                continue
+            header = _read_header(path)
+            if header is not None:
+                seen[path] = _IndexedFile(stat.st_mtime_ns, stat.st_size, header)
+        self._files = seen
+        self._scanned_at = time.monotonic()
+        self._stale = False
+
+    def _instances(self) -> list[DicomJson]:
+        self._refresh()
+        return [indexed.header for indexed in self._files.values()]
+
+    # -- QIDO --------------------------------------------------------------
+
+    def _query(
+        self,
+        level: str,
+        filters: Mapping[str, str],
+        fields: Sequence[str],
+        limit: int | None,
+    ) -> list[DicomJson]:
+        records = _aggregate(self._instances(), level)
+        wanted = {"study": STUDY_FIELDS, "series": SERIES_FIELDS, "instance": INSTANCE_FIELDS}
+        everything = any(field.lower() == "all" for field in fields)
+        names = [*wanted[level], *(f for f in fields if f.lower() != "all")]
+        results = []
+        for record in records:
+            if not matches(record, filters):
+                continue
+            results.append(record if everything else _only_known(record, names))
+            if limit is not None and len(results) >= limit:
+                break
+        return results
+
+    async def search_studies(
+        self, filters: Mapping[str, str], fields: Sequence[str] = (), limit: int | None = None
+    ) -> list[DicomJson]:
+        return await self._run(lambda: self._query("study", filters, fields, limit))
+
+    async def search_series(
+        self, filters: Mapping[str, str], fields: Sequence[str] = (), limit: int | None = None
+    ) -> list[DicomJson]:
+        return await self._run(lambda: self._query("series", filters, fields, limit))
+
+    async def search_instances(
+        self, filters: Mapping[str, str], fields: Sequence[str] = (), limit: int | None = None
+    ) -> list[DicomJson]:
+        return await self._run(lambda: self._query("instance", filters, fields, limit))
+
+    # -- STOW --------------------------------------------------------------
+
+    def _store(self, datasets: Sequence[Dataset]) -> StoreResult:
+        result = StoreResult()
+        acceptable = []
+        for dataset in datasets:
+            uid = str(getattr(dataset, "SOPInstanceUID", "") or "?")
+            problem = _storage_problem(dataset)
+            if problem:
+                result.failed[uid] = problem
+            else:
+                acceptable.append(dataset)
+        if acceptable:
+            self._file_client().store_instances(acceptable)
+            result.stored.extend(str(dataset.SOPInstanceUID) for dataset in acceptable)
+            self._stale = True
+        return result
+
+    async def store_instances(self, datasets: Sequence[Dataset]) -> StoreResult:
+        return await self._run(lambda: self._store(datasets))
+
+    async def check(self) -> None:
+        await self._run(self._file_client)
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def _read_header(path: Path) -> DicomJson | None:
+    try:
+        dataset = dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError):
+        logger.debug("not a DICOM file, skipped: %s", path)
+        return None
+    if not all(hasattr(dataset, name) for name in ("StudyInstanceUID", "SeriesInstanceUID")):
+        return None
+    if not hasattr(dataset, "SOPInstanceUID"):
+        return None
+    return header_json(dataset)
+
+
+def _storage_problem(dataset: Dataset) -> str | None:
+    for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        value = str(getattr(dataset, name, "") or "")
+        # UIDs become path components: anything but digits and dots is refused.
+        if not value or len(value) > 64 or not UID_PATTERN.fullmatch(value):
+            return f"{name} is missing or not a valid UID"
+    if not getattr(dataset, "file_meta", None) or "TransferSyntaxUID" not in dataset.file_meta:
+        return "no transfer syntax in the file meta information"
+    return None
+
+
+def _aggregate(instances: Iterable[DicomJson], level: str) -> list[DicomJson]:
+    """Study- or series-level records with the counts QIDO computes (PS3.18 10.6.3.3)."""
+    if level == "instance":
+        return list(instances)
+    key_name = "StudyInstanceUID" if level == "study" else "SeriesInstanceUID"
+    groups: dict[str, list[DicomJson]] = {}
+    for instance in instances:
+        key = dicomjson.text(instance, key_name)
+        if key:
+            groups.setdefault(key, []).append(instance)
+    records = []
+    for members in groups.values():
+        record = dicomjson.merge(*members)
+        count = str(len(members))
+        if level == "study":
+            series = {dicomjson.text(m, "SeriesInstanceUID") for m in members}
+            modalities = sorted({m for m in (dicomjson.text(x, "Modality") for x in members) if m})
+            record[tag("NumberOfStudyRelatedSeries")] = element("IS", str(len(series)))
+            record[tag("NumberOfStudyRelatedInstances")] = element("IS", count)
+            record[tag("ModalitiesInStudy")] = element("CS", *modalities)
+        else:
+            record[tag("NumberOfSeriesRelatedInstances")] = element("IS", count)
+        records.append(record)
+    return records
+
+
+def _only_known(record: DicomJson, names: Sequence[str]) -> DicomJson:
+    keys = set()
+    for name in names:
+        try:
+            keys.add(tag(name))
+        except KeyError:
+            if re.fullmatch(r"[0-9A-Fa-f]{8}", name):
+                keys.add(name.upper())
+    return {key: value for key, value in record.items() if key in keys}

@@ -1,0 +1,60 @@
+"""The one interface the gateway uses to reach images: a PACS or the embedded store.
+
+Both implementations are thin adapters over dicomweb-client; they run its
+blocking calls off the event loop and turn its failures into the typed
+``Upstream*`` errors of :mod:`gateway.errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pydicom import Dataset
+
+from gateway.dicomweb.dicomjson import DicomJson
+from gateway.settings import Settings
+
+
+@dataclass
+class StoreResult:
+    """What a STOW-RS request stored and what it refused (PS3.18 10.5.3)."""
+
+    stored: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class Upstream(Protocol):
+    """QIDO and STOW as the gateway needs them. Filters map keywords to match keys."""
+
+    name: str
+
+    async def search_studies(
+        self, filters: Mapping[str, str], fields: Sequence[str] = (), limit: int | None = None
+    ) -> list[DicomJson]: ...
+
+    async def search_series(
+        self, filters: Mapping[str, str], fields: Sequence[str] = (), limit: int | None = None
+    ) -> list[DicomJson]: ...
+
+    async def search_instances(
+        self, filters: Mapping[str, str], fields: Sequence[str] = (), limit: int | None = None
+    ) -> list[DicomJson]: ...
+
+    async def store_instances(self, datasets: Sequence[Dataset]) -> StoreResult: ...
+
+    async def check(self) -> None:
+        """Raise an ``UpstreamError`` when the store cannot answer."""
+
+    async def aclose(self) -> None: ...
+
+
+def create_upstream(settings: Settings) -> Upstream:
+    if settings.uses_embedded_store:
+        from gateway.dicomweb.file_store import FileStoreUpstream
+
+        return FileStoreUpstream(settings.dicom_dir)
+    from gateway.dicomweb.http_upstream import HttpUpstream
+
+    return HttpUpstream.from_settings(settings)

@@ -1,0 +1,60 @@
+"""Errors are types: one class per kind of failure, one handler per protocol.
+
+Routes raise these; ``gateway.fhir.responses`` turns them into
+OperationOutcomes, and later the DICOMweb and OAuth layers into their own
+formats. Messages are written for the client: never put internals in them.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base class. ``status`` is the HTTP status, ``code`` the FHIR issue type."""
+
+    status = 500
+    code = "exception"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(GatewayError):
+    """The client sent something malformed (a bad parameter value, say)."""
+
+    status = 400
+    code = "invalid"
+
+
+class NotFound(GatewayError):
+    status = 404
+    code = "not-found"
+
+
+class NotAcceptable(GatewayError):
+    status = 406
+    code = "not-supported"
+
+
+class UpstreamError(GatewayError):
+    """The PACS misbehaved. Subclasses say how; messages never echo its body."""
+
+    status = 502
+    code = "transient"
+
+
+class UpstreamBadResponse(UpstreamError):
+    status = 502
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: int = 30) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "timeout"

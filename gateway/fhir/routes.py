@@ -1,0 +1,185 @@
+"""The ``/fhir`` routes: thin glue from HTTP to the FHIR services."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.fhir import bundle, mapping, patients, studies
+from gateway.fhir.capability import capability_statement
+from gateway.fhir.params import SearchRequest, paging
+from gateway.fhir.responses import FhirResponse, negotiate, operation_outcome
+from gateway.services import Services
+
+logger = logging.getLogger(__name__)
+Endpoint = Callable[[Request, Services], Awaitable[Response]]
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def fhir_endpoint(handler: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+    """Negotiate the format and turn every failure into an OperationOutcome."""
+
+    @functools.wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        try:
+            negotiate(request)
+            return await handler(request, request.state.services)
+        except GatewayError as exc:
+            return error_response(exc)
+        except Exception:
+            logger.exception("unhandled error in %s %s", request.method, request.url.path)
+            return FhirResponse(
+                operation_outcome(500, "exception", "An internal error occurred."),
+                status_code=500,
+            )
+
+    return endpoint
+
+
+def error_response(exc: GatewayError) -> FhirResponse:
+    return FhirResponse(
+        operation_outcome(exc.status, exc.code, exc.message),
+        status_code=exc.status,
+        headers=exc.headers,
+    )
+
+
+def search_request(request: Request, known: dict[str, tuple[str, str]]) -> SearchRequest:
+    prefer = request.headers.get("prefer", "").replace(" ", "").lower()
+    return SearchRequest(
+        request.query_params, frozenset(known), strict="handling=strict" in prefer.split(",")
+    )
+
+
+@fhir_endpoint
+async def metadata(request: Request, services: Services) -> Response:
+    published = services.started_at.isoformat(timespec="seconds")
+    return FhirResponse(capability_statement(services.settings.fhir_base_url, published))
+
+
+@fhir_endpoint
+async def read_imaging_study(request: Request, services: Services) -> Response:
+    resource = await services.studies.read(request.path_params["id"])
+    return FhirResponse(resource)
+
+
+@fhir_endpoint
+async def search_imaging_study(request: Request, services: Services) -> Response:
+    settings = services.settings
+    query = search_request(request, studies.SEARCH_PARAMETERS)
+    page = paging(query, settings.page_size, settings.max_page_size)
+    wanted_includes = query.all("_include")
+    for include in wanted_includes:
+        if include not in studies.INCLUDES:
+            raise BadRequest(
+                f"Parameter '_include': '{include}' is not supported "
+                f"(supported: {', '.join(studies.INCLUDES)})."
+            )
+    criteria = await services.studies.parse(query)
+    result = await services.studies.search(
+        criteria, page.offset, 0 if page.summary_count else page.count
+    )
+    includes: list[mapping.Resource] = []
+    if "ImagingStudy:subject" in wanted_includes and result.studies:
+        includes.extend(await services.patients.patients_of(result.studies))
+    if "ImagingStudy:endpoint" in wanted_includes and result.resources:
+        includes.append(mapping.endpoint(services.mapping_context))
+    return FhirResponse(
+        bundle.searchset(
+            base_url=settings.fhir_base_url,
+            resource_type="ImagingStudy",
+            query=query.used_items(),
+            matches=result.resources,
+            includes=includes,
+            total=result.total,
+            offset=page.offset,
+            count=None if page.summary_count else page.count,
+        )
+    )
+
+
+@fhir_endpoint
+async def read_patient(request: Request, services: Services) -> Response:
+    return FhirResponse(await services.patients.read(request.path_params["id"]))
+
+
+@fhir_endpoint
+async def search_patient(request: Request, services: Services) -> Response:
+    settings = services.settings
+    query = search_request(request, patients.SEARCH_PARAMETERS)
+    page = paging(query, settings.page_size, settings.max_page_size)
+    found = await services.patients.search(query)
+    shown = [] if page.summary_count else found[page.offset : page.offset + page.count]
+    return FhirResponse(
+        bundle.searchset(
+            base_url=settings.fhir_base_url,
+            resource_type="Patient",
+            query=query.used_items(),
+            matches=shown,
+            total=len(found),
+            offset=page.offset,
+            count=None if page.summary_count else page.count,
+        )
+    )
+
+
+@fhir_endpoint
+async def read_endpoint(request: Request, services: Services) -> Response:
+    if request.path_params["id"] != mapping.ENDPOINT_ID:
+        raise NotFound(f"Endpoint/{request.path_params['id']} is not known.")
+    return FhirResponse(mapping.endpoint(services.mapping_context))
+
+
+@fhir_endpoint
+async def search_endpoint(request: Request, services: Services) -> Response:
+    query = search_request(request, {"_id": ("token", "")})
+    ids = [i for value in query.all("_id") for i in value.split(",")]
+    found = (
+        []
+        if ids and mapping.ENDPOINT_ID not in ids
+        else [mapping.endpoint(services.mapping_context)]
+    )
+    return FhirResponse(
+        bundle.searchset(
+            base_url=services.settings.fhir_base_url,
+            resource_type="Endpoint",
+            query=query.used_items(),
+            matches=found,
+            total=len(found),
+        )
+    )
+
+
+@fhir_endpoint
+async def not_supported(request: Request, services: Services) -> Response:
+    path = request.path_params.get("path", "")
+    known = ("ImagingStudy", "Patient", "Endpoint", "metadata")
+    if path.split("/", 1)[0] in known:
+        return FhirResponse(
+            operation_outcome(405, "not-supported", f"{request.method} is not supported here."),
+            status_code=405,
+            headers={"Allow": "GET"},
+        )
+    return FhirResponse(
+        operation_outcome(404, "not-supported", f"'{path}' is not a supported resource type."),
+        status_code=404,
+    )
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/metadata", metadata, methods=["GET"]),
+        Route("/ImagingStudy", search_imaging_study, methods=["GET"]),
+        Route("/ImagingStudy/{id}", read_imaging_study, methods=["GET"]),
+        Route("/Patient", search_patient, methods=["GET"]),
+        Route("/Patient/{id}", read_patient, methods=["GET"]),
+        Route("/Endpoint", search_endpoint, methods=["GET"]),
+        Route("/Endpoint/{id}", read_endpoint, methods=["GET"]),
+        Route("/{path:path}", not_supported, methods=ALL_METHODS),
+    ]

@@ -1,0 +1,56 @@
+"""The services one gateway process shares between requests, built once at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from gateway.dicomweb.upstream import Upstream, create_upstream
+from gateway.fhir.mapping import MappingContext
+from gateway.fhir.patients import PatientService
+from gateway.fhir.studies import ImagingStudyService
+from gateway.settings import Settings
+from gateway.store.database import Database
+from gateway.store.patients import PatientIndex
+
+
+@dataclass
+class Services:
+    settings: Settings
+    database: Database
+    upstream: Upstream
+    patient_index: PatientIndex
+    mapping_context: MappingContext
+    studies: ImagingStudyService
+    patients: PatientService
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @classmethod
+    def build(cls, settings: Settings, upstream: Upstream | None = None) -> Services:
+        database = Database(settings.effective_database_url)
+        upstream = upstream or create_upstream(settings)
+        index = PatientIndex(database.sessions)
+        context = MappingContext(
+            dicomweb_url=settings.dicomweb_base_url,
+            local_zone=ZoneInfo(settings.local_timezone) if settings.local_timezone else None,
+        )
+        return cls(
+            settings=settings,
+            database=database,
+            upstream=upstream,
+            patient_index=index,
+            mapping_context=context,
+            studies=ImagingStudyService(
+                upstream,
+                index,
+                context,
+                settings.fhir_base_url,
+                max_candidates=settings.max_search_candidates,
+            ),
+            patients=PatientService(upstream, index),
+        )
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+        await self.database.dispose()

@@ -1,0 +1,162 @@
+"""All configuration, read from ``GATEWAY_*`` environment variables and ``.env``.
+
+Bad configuration fails at start with one line naming the setting
+(:func:`load_settings` turns pydantic's report into :class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message names it and says what is wrong."""
+
+
+class UpstreamAuth(StrEnum):
+    none = "none"
+    basic = "basic"
+    bearer = "bearer"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    public_url: str = Field(
+        "http://127.0.0.1:8080",
+        description="The one canonical base URL clients use; every absolute link is built from it.",
+    )
+    data_dir: Path = Field(
+        Path("./var"), description="Where the embedded store, database and keys live."
+    )
+    dicomweb_url: str | None = Field(
+        None,
+        description="DICOMweb base of the PACS (http(s)://.../dicom-web); empty: embedded store.",
+    )
+    upstream_auth: UpstreamAuth = UpstreamAuth.none
+    upstream_username: str | None = None
+    upstream_password: SecretStr | None = None
+    upstream_token: SecretStr | None = None
+    upstream_connect_timeout: Annotated[float, Field(gt=0)] = 5.0
+    upstream_read_timeout: Annotated[float, Field(gt=0)] = 60.0
+    upstream_pool_size: Annotated[int, Field(ge=1, le=256)] = 16
+    database_url: str | None = Field(
+        None, description="SQLAlchemy async URL; empty: SQLite file in the data folder."
+    )
+    local_timezone: str | None = Field(
+        None,
+        description=(
+            "IANA zone of the PACS's local times (e.g. Europe/Paris), used when a study "
+            "has no TimezoneOffsetFromUTC; without it such times are reported as dates only."
+        ),
+    )
+    page_size: Annotated[int, Field(ge=1, le=1000)] = 20
+    max_page_size: Annotated[int, Field(ge=1, le=5000)] = 200
+    max_search_candidates: Annotated[int, Field(ge=10, le=100_000)] = 5000
+    log_level: str = "info"
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_is_absolute(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an absolute http(s) URL such as https://images.example.org")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("dicomweb_url")
+    @classmethod
+    def _dicomweb_url_is_http(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) DICOMweb base such as http://pacs:8042/dicom-web")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_async(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            return value
+        raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+
+    @field_validator("local_timezone")
+    @classmethod
+    def _timezone_exists(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r}") from None
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level_known(cls, value: str) -> str:
+        value = value.lower()
+        if value not in ("critical", "error", "warning", "info", "debug"):
+            raise ValueError("must be one of critical, error, warning, info, debug")
+        return value
+
+    @model_validator(mode="after")
+    def _upstream_credentials_present(self) -> Settings:
+        if self.upstream_auth is UpstreamAuth.basic and not (
+            self.upstream_username and self.upstream_password
+        ):
+            raise ValueError(
+                "GATEWAY_UPSTREAM_AUTH=basic needs GATEWAY_UPSTREAM_USERNAME and "
+                "GATEWAY_UPSTREAM_PASSWORD"
+            )
+        if self.upstream_auth is UpstreamAuth.bearer and not self.upstream_token:
+            raise ValueError("GATEWAY_UPSTREAM_AUTH=bearer needs GATEWAY_UPSTREAM_TOKEN")
+        if self.page_size > self.max_page_size:
+            raise ValueError("GATEWAY_PAGE_SIZE must not exceed GATEWAY_MAX_PAGE_SIZE")
+        return self
+
+    @property
+    def fhir_base_url(self) -> str:
+        return f"{self.public_url}/fhir"
+
+    @property
+    def dicomweb_base_url(self) -> str:
+        return f"{self.public_url}/dicomweb"
+
+    @property
+    def dicom_dir(self) -> Path:
+        return self.data_dir / "dicom"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'gateway.db').resolve()}"
+
+    @property
+    def uses_embedded_store(self) -> bool:
+        return self.dicomweb_url is None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning a validation failure into one clear line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        location = "_".join(str(part) for part in first["loc"])
+        name = f"GATEWAY_{location.upper()}" if location else "configuration"
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{name}: {message}") from None
