@@ -164,10 +164,10 @@ class ImagingStudyService:
             base["StudyDate"] = date_range
         queries: list[dict[str, str]]
         if criteria.study_uids is not None:
-            uids = sorted(criteria.study_uids)
+            wanted = sorted(criteria.study_uids)
             queries = [
-                {"StudyInstanceUID": ",".join(uids[i : i + UID_CHUNK])}
-                for i in range(0, len(uids), UID_CHUNK)
+                {"StudyInstanceUID": ",".join(wanted[i : i + UID_CHUNK])}
+                for i in range(0, len(wanted), UID_CHUNK)
             ]
         elif criteria.patients is not None:
             queries = [

@@ -33,7 +33,7 @@ class PatientIndex:
             found = await self._select(session, wanted)
             missing = wanted - found.keys()
             if missing:
-                dialect = session.bind.dialect.name
+                dialect = session.get_bind().dialect.name
                 insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
                 rows = [
                     {"id": new_patient_id(), "issuer": issuer, "patient_id": patient_id}

@@ -1,0 +1,16 @@
+.PHONY: demo test test-fast lint bench
+
+demo:        ## start the gateway with demo data (embedded store, SQLite)
+	./scripts/demo.sh
+
+test:        ## the whole suite, installing what it needs
+	./scripts/test.sh
+
+test-fast:   ## unit tests only: no Orthanc, no PostgreSQL
+	./scripts/test.sh -m "not orthanc and not postgres and not slow"
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+
+bench:       ## FHIR search through the gateway vs direct QIDO, on a private Orthanc
+	.venv/bin/python bench/fhir_search.py

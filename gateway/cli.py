@@ -1,0 +1,350 @@
+"""The ``gateway`` command: serve, demo, import, db."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from gateway import __version__
+from gateway.dicomweb.dicomjson import STUDY_FIELDS
+from gateway.dicomweb.upstream import Upstream, create_upstream
+from gateway.errors import GatewayError
+from gateway.fhir import mapping
+from gateway.settings import ConfigError, Settings, load_settings
+from gateway.store.database import Database, DatabaseNotMigrated
+from gateway.store.patients import PatientIndex
+
+app = typer.Typer(
+    help="Image Share Gateway: FHIR R4 and DICOMweb in front of a PACS, patients in control.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+IMPORT_BATCH = 16
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gateway {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Configuration comes from GATEWAY_* environment variables or a .env file."""
+
+
+# -- serve ---------------------------------------------------------------------
+
+
+def create_app_from_environment() -> Any:
+    """The uvicorn factory: each worker reads the same environment."""
+    from gateway.app import create_app
+
+    settings = load_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return create_app(settings)
+
+
+def _prepare_database(settings: Settings, migrate: bool) -> None:
+    async def run() -> None:
+        database = Database(settings.effective_database_url)
+        try:
+            if migrate:
+                await database.upgrade()
+            await database.ensure_migrated()
+        finally:
+            await database.dispose()
+
+    try:
+        asyncio.run(run())
+    except DatabaseNotMigrated as exc:
+        console.print(f"[red]cannot start:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        "gateway.cli:create_app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level,
+        proxy_headers=True,
+        server_header=False,
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8080,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1, max=64)] = 1,
+    migrate: Annotated[
+        bool, typer.Option("--migrate", help="Apply database migrations before serving.")
+    ] = False,
+) -> None:
+    """Serve the gateway (FHIR at /fhir)."""
+    settings = _settings()
+    _prepare_database(settings, migrate)
+    _serve(settings, host, port, workers)
+
+
+# -- import --------------------------------------------------------------------
+
+
+@dataclass
+class ImportReport:
+    stored: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def _dicom_files(paths: Sequence[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            yield from (p for p in sorted(path.rglob("*")) if p.is_file())
+        else:
+            yield path
+
+
+async def import_files(
+    upstream: Upstream, files: Sequence[Path], progress: Progress | None = None
+) -> ImportReport:
+    """STOW-RS each readable DICOM file, in small batches; collect every failure."""
+    report = ImportReport()
+    task = progress.add_task("Importing", total=len(files)) if progress else None
+    batch: list[tuple[Path, Dataset]] = []
+
+    async def flush() -> None:
+        if not batch:
+            return
+        try:
+            result = await upstream.store_instances([ds for _, ds in batch])
+            report.stored += len(result.stored)
+            by_uid = {str(ds.SOPInstanceUID): path for path, ds in batch}
+            for uid, reason in result.failed.items():
+                report.failed[str(by_uid.get(uid, uid))] = reason
+        except GatewayError as exc:
+            for path, _ in batch:
+                report.failed[str(path)] = exc.message
+        if progress and task is not None:
+            progress.advance(task, len(batch))
+        batch.clear()
+
+    for path in files:
+        try:
+            dataset = dcmread(path)
+            if "SOPInstanceUID" not in dataset or not getattr(dataset, "file_meta", None):
+                raise InvalidDicomError("no SOP Instance UID or file meta information")
+            batch.append((path, dataset))
+        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+            report.failed[str(path)] = f"not a readable DICOM Part 10 file ({exc})"
+            if progress and task is not None:
+                progress.advance(task)
+        if len(batch) >= IMPORT_BATCH:
+            await flush()
+    await flush()
+    return report
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+@app.command("import")
+def import_command(
+    paths: Annotated[
+        list[Path], typer.Argument(help="DICOM files or folders (searched recursively).")
+    ],
+) -> None:
+    """Send DICOM files to the configured archive with STOW-RS."""
+    settings = _settings()
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        console.print(f"[red]no such file or folder:[/red] {', '.join(missing)}")
+        raise typer.Exit(2)
+    files = list(_dicom_files(paths))
+
+    async def run() -> ImportReport:
+        upstream = create_upstream(settings)
+        try:
+            with _progress() as progress:
+                return await import_files(upstream, files, progress)
+        finally:
+            await upstream.aclose()
+
+    report = asyncio.run(run())
+    target = settings.dicomweb_url or settings.dicom_dir
+    console.print(f"stored {report.stored} of {len(files)} files in {target}")
+    if report.failed:
+        table = Table("file", "reason", title=f"{len(report.failed)} failed")
+        for name, reason in sorted(report.failed.items()):
+            table.add_row(name, reason)
+        console.print(table)
+        raise typer.Exit(1)
+
+
+# -- db ------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply all database migrations."""
+    settings = _settings()
+
+    async def run() -> tuple[str | None, str | None]:
+        database = Database(settings.effective_database_url)
+        try:
+            before = await database.current_revision()
+            await database.upgrade()
+            return before, await database.current_revision()
+        finally:
+            await database.dispose()
+
+    before, after = asyncio.run(run())
+    console.print(f"database at revision {after} (was {before or 'empty'})")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the database revision and the one this version needs."""
+    settings = _settings()
+
+    async def run() -> tuple[str | None, str | None]:
+        database = Database(settings.effective_database_url)
+        try:
+            return await database.current_revision(), await database.head_revision()
+        finally:
+            await database.dispose()
+
+    current, head = asyncio.run(run())
+    typer.echo(f"current: {current or 'empty'}\nneeded:  {head}")
+
+
+# -- demo ----------------------------------------------------------------------
+
+
+async def seed_demo(settings: Settings) -> dict[str, Any]:
+    """Load the fixtures into an empty store; describe what a user can try. Idempotent."""
+    from fixtures.generate import write_fixtures
+
+    database = Database(settings.effective_database_url)
+    upstream = create_upstream(settings)
+    try:
+        await database.upgrade()
+        existing = await upstream.search_studies({}, ("StudyInstanceUID",), limit=1)
+        seeded = 0
+        if not existing:
+            with tempfile.TemporaryDirectory() as scratch:
+                files = write_fixtures(Path(scratch))
+                with _progress() as progress:
+                    report = await import_files(upstream, files, progress)
+                seeded = report.stored
+                if report.failed:
+                    console.print(f"[yellow]{len(report.failed)} fixture files failed[/yellow]")
+        studies = await upstream.search_studies({}, STUDY_FIELDS)
+        index = PatientIndex(database.sessions)
+        keys = {k for k in (mapping.patient_key(s) for s in studies) if k}
+        ids = await index.ids_for(keys)
+        patients = []
+        for key, fhir_id in sorted(ids.items(), key=lambda item: item[0]):
+            study = next(s for s in studies if mapping.patient_key(s) == key)
+            count = sum(1 for s in studies if mapping.patient_key(s) == key)
+            resource = mapping.patient(study, fhir_id)
+            patients.append(
+                {
+                    "fhir_id": fhir_id,
+                    "name": resource.get("name", [{}])[0].get("text", ""),
+                    "patient_id": key[1],
+                    "issuer": key[0],
+                    "studies": count,
+                    "search": f"{settings.fhir_base_url}/ImagingStudy?patient={fhir_id}",
+                }
+            )
+        return {
+            "gateway": __version__,
+            "public_url": settings.public_url,
+            "fhir_base": settings.fhir_base_url,
+            "metadata": f"{settings.fhir_base_url}/metadata",
+            "store": str(settings.dicomweb_url or settings.dicom_dir),
+            "database": settings.effective_database_url,
+            "studies": len(studies),
+            "seeded_now": seeded,
+            "patients": patients,
+        }
+    finally:
+        await upstream.aclose()
+        await database.dispose()
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8080,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    no_serve: Annotated[
+        bool, typer.Option("--no-serve", help="Seed and describe, but do not serve.")
+    ] = False,
+) -> None:
+    """Seed the store with synthetic studies (when empty), write demo.json, and serve."""
+    import os
+
+    if "GATEWAY_PUBLIC_URL" not in os.environ:
+        os.environ["GATEWAY_PUBLIC_URL"] = f"http://{host}:{port}"
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    summary = asyncio.run(seed_demo(settings))
+    target = settings.data_dir / "demo.json"
+    target.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+    console.print(f"[green]demo ready[/green]: {summary['fhir_base']} (details in {target})")
+    if not no_serve:
+        _serve(settings, host, port, 1)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

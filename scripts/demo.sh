@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Start the gateway with demo data on the embedded defaults (a folder of DICOM
+# files and SQLite in ./var). Extra arguments go to `gateway demo`, e.g. --port 9000.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e .
+exec .venv/bin/gateway demo "$@"
