@@ -125,7 +125,7 @@ class FileStoreUpstream:
         fields: Sequence[str],
         limit: int | None,
     ) -> list[DicomJson]:
-        records = _aggregate(self._instances(), level)
+        records = aggregate(self._instances(), level)
         wanted = {"study": STUDY_FIELDS, "series": SERIES_FIELDS, "instance": INSTANCE_FIELDS}
         everything = any(field.lower() == "all" for field in fields)
         names = [*wanted[level], *(f for f in fields if f.lower() != "all")]
@@ -205,7 +205,7 @@ def _storage_problem(dataset: Dataset) -> str | None:
     return None
 
 
-def _aggregate(instances: Iterable[DicomJson], level: str) -> list[DicomJson]:
+def aggregate(instances: Iterable[DicomJson], level: str) -> list[DicomJson]:
     """Study- or series-level records with the counts QIDO computes (PS3.18 10.6.3.3)."""
     if level == "instance":
         return list(instances)
