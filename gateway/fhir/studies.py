@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -143,13 +143,32 @@ class ImagingStudyService:
     async def search(self, criteria: StudyCriteria, offset: int, count: int) -> StudyPage:
         if criteria.empty():
             return StudyPage(0, [], [], {})
-        candidates = await self._candidates(criteria)
+        prefetch = self._patient_prefetch(criteria) if count else None
+        if prefetch is not None:
+            # One patient: series and instances are asked for by PatientID at the same
+            # time as the studies, so the search costs one round trip, not two.
+            candidates, *prefetched = await asyncio.gather(self._candidates(criteria), *prefetch)
+        else:
+            candidates, prefetched = await self._candidates(criteria), None
         matching = [s for s in candidates if self._accepts(s, criteria)]
         matching.sort(key=self._sort_key, reverse=criteria.sort_descending)
         page = matching[offset : offset + count] if count else []
-        expanded = await self._expand(page) if page else StudyPage(0, [], [], {})
+        expanded = await self._expand(page, prefetched) if page else StudyPage(0, [], [], {})
         expanded.total = len(matching)
         return expanded
+
+    def _patient_prefetch(
+        self, criteria: StudyCriteria
+    ) -> tuple[Awaitable[list[DicomJson]], Awaitable[list[DicomJson]]] | None:
+        if criteria.study_uids is not None or criteria.patients is None:
+            return None
+        if len({patient_id for _, patient_id in criteria.patients}) != 1:
+            return None
+        filters = {"PatientID": criteria.patients[0][1]}
+        return (
+            self.upstream.search_series(filters, SERIES_FIELDS),
+            self.upstream.search_instances(filters, INSTANCE_FIELDS),
+        )
 
     async def _candidates(self, criteria: StudyCriteria) -> list[DicomJson]:
         """One study-level QIDO per alternative of the most selective filter."""
@@ -240,22 +259,23 @@ class ImagingStudyService:
 
     # -- expansion ---------------------------------------------------------
 
-    async def _expand(self, studies: list[DicomJson]) -> StudyPage:
+    async def _expand(
+        self, studies: list[DicomJson], prefetched: list[list[DicomJson]] | None = None
+    ) -> StudyPage:
         """Series and instances for all studies at once, then the mapping."""
         uids = [u for u in (dj.text(s, "StudyInstanceUID") for s in studies) if u]
         chunks = [uids[i : i + UID_CHUNK] for i in range(0, len(uids), UID_CHUNK)]
-        series_batches = asyncio.gather(
-            *(
-                self.upstream.search_series({"StudyInstanceUID": ",".join(c)}, SERIES_FIELDS)
-                for c in chunks
+
+        async def fetched(index: int) -> list[list[DicomJson]]:
+            if prefetched is not None:
+                return [prefetched[index]]
+            search = (self.upstream.search_series, self.upstream.search_instances)[index]
+            fields = (SERIES_FIELDS, INSTANCE_FIELDS)[index]
+            return await asyncio.gather(
+                *(search({"StudyInstanceUID": ",".join(c)}, fields) for c in chunks)
             )
-        )
-        instance_batches = asyncio.gather(
-            *(
-                self.upstream.search_instances({"StudyInstanceUID": ",".join(c)}, INSTANCE_FIELDS)
-                for c in chunks
-            )
-        )
+
+        series_batches, instance_batches = fetched(0), fetched(1)
         keys = [k for k in (mapping.patient_key(s) for s in studies) if k]
         series_results, instance_results, patient_ids = await asyncio.gather(
             series_batches, instance_batches, self.patients.ids_for(keys)
