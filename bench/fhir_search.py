@@ -144,14 +144,21 @@ def main() -> None:
     figures["rounds"] = args.rounds
     figures["studies"] = studies
     figures["instances"] = instances
-    figures["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    print(f"ImagingStudy search, 1 patient, {studies} studies, {instances} instances, {args.rounds} rounds")
+    python = platform.python_version()
+    figures["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {python}"
+    print(
+        f"ImagingStudy search, 1 patient, {studies} studies, {instances} instances, "
+        f"{args.rounds} rounds"
+    )
     print("| path | p50 ms | p95 ms | mean ms |")
     print("| --- | --- | --- | --- |")
     for name in ("gateway", "direct"):
         f = figures[name]
         print(f"| {name} | {f['p50_ms']} | {f['p95_ms']} | {f['mean_ms']} |")
-    print(f"ratio gateway/direct: p50 {figures['ratio_p50']}, p95 {figures['ratio_p95']} (target <= 2.0)")
+    print(
+        f"ratio gateway/direct: p50 {figures['ratio_p50']}, p95 {figures['ratio_p95']} "
+        "(target <= 2.0)"
+    )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 

@@ -45,6 +45,9 @@ class HttpUpstream:
         self.url = url.rstrip("/")
         self._session = session or requests.Session()
         self._client = DICOMwebClient(url=self.url, session=self._session, timeout=timeout)
+        # Its retries back off for ~30 s, even on a refused connection. A gateway
+        # answers at once (503 + Retry-After) and lets its client decide.
+        self._client.set_http_retry_params(retry=False)
         self._limiter = anyio.CapacityLimiter(concurrency)
 
     @classmethod
