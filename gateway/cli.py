@@ -16,8 +16,8 @@ import typer
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from gateway import __version__
 from gateway.dicomweb.dicomjson import STUDY_FIELDS
@@ -172,8 +172,12 @@ async def import_files(
             if "SOPInstanceUID" not in dataset or not getattr(dataset, "file_meta", None):
                 raise InvalidDicomError("no SOP Instance UID or file meta information")
             batch.append((path, dataset))
-        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-            report.failed[str(path)] = f"not a readable DICOM Part 10 file ({exc})"
+        except (InvalidDicomError, ValueError, EOFError):
+            report.failed[str(path)] = "not a DICOM Part 10 file"
+            if progress and task is not None:
+                progress.advance(task)
+        except OSError as exc:
+            report.failed[str(path)] = f"cannot read it ({exc.strerror or exc})"
             if progress and task is not None:
                 progress.advance(task)
         if len(batch) >= IMPORT_BATCH:
@@ -219,10 +223,10 @@ def import_command(
     target = settings.dicomweb_url or settings.dicom_dir
     console.print(f"stored {report.stored} of {len(files)} files in {target}")
     if report.failed:
-        table = Table("file", "reason", title=f"{len(report.failed)} failed")
+        # One plain line per failure: easy to read, grep and feed back to `import`.
         for name, reason in sorted(report.failed.items()):
-            table.add_row(name, reason)
-        console.print(table)
+            console.print(f"[red]failed[/red] {escape(name)}: {escape(reason)}", soft_wrap=True)
+        console.print(f"{len(report.failed)} of {len(files)} files failed")
         raise typer.Exit(1)
 
 

@@ -48,7 +48,7 @@ class Services:
                 settings.fhir_base_url,
                 max_candidates=settings.max_search_candidates,
             ),
-            patients=PatientService(upstream, index),
+            patients=PatientService(upstream, index, settings.max_search_candidates),
         )
 
     async def aclose(self) -> None:

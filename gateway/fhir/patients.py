@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 from datetime import UTC
 
@@ -25,9 +26,12 @@ SEARCH_PARAMETERS: dict[str, tuple[str, str]] = {
 
 
 class PatientService:
-    def __init__(self, upstream: Upstream, patients: PatientIndex) -> None:
+    def __init__(
+        self, upstream: Upstream, patients: PatientIndex, max_candidates: int = 5000
+    ) -> None:
         self.upstream = upstream
         self.patients = patients
+        self.max_candidates = max_candidates
 
     async def read(self, fhir_id: str) -> Resource:
         key = await self.patients.key_for(fhir_id)
@@ -51,8 +55,9 @@ class PatientService:
         names = [v.strip() for v in request.all("name")]
         if any(not n or any(c in n for c in "*?\\") for n in names):
             raise BadRequest("Parameter 'name': give the start of a name, without wildcards.")
-        if len(names) == 1:
-            filters["PatientName"] = f"*{names[0]}*"
+        # No PatientName key goes to the PACS: FHIR name search ignores accents and
+        # case, which no QIDO key can express ("mul" must find "Müller"). The
+        # candidates are capped, and the exact match is made below.
         birthdates = [params.date_filter("birthdate", v) for v in request.all("birthdate")]
         genders = [params.tokens("gender", v) for v in request.all("gender")]
         if keys is not None:
@@ -60,7 +65,9 @@ class PatientService:
                 return []
             if len(keys) == 1:
                 filters["PatientID"] = next(iter(keys))[1]
-        studies = await self.upstream.search_studies(filters, STUDY_FIELDS)
+        studies = await self.upstream.search_studies(
+            filters, STUDY_FIELDS, limit=self.max_candidates
+        )
         by_patient: dict[PatientKey, DicomJson] = {}
         for study in studies:
             key = mapping.patient_key(study)
@@ -108,13 +115,19 @@ def _identifier_matches(study: DicomJson, alternatives: list[params.Token]) -> b
     return False
 
 
+def fold(text: str) -> str:
+    """Case- and accent-insensitive form, as FHIR string search compares."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
 def _name_matches(study: DicomJson, name: str) -> bool:
-    wanted = name.casefold()
+    wanted = fold(name)
     for value in dj.values(study, "PatientName"):
         for caret_name in dj.person_name_groups(value).values():
             words = [w for part in caret_name.split("^") for w in part.split(" ") if w]
             joined = dj.display_name(caret_name)
-            if any(w.casefold().startswith(wanted) for w in [*words, joined, caret_name]):
+            if any(fold(w).startswith(wanted) for w in [*words, joined, caret_name]):
                 return True
     return False
 

@@ -303,8 +303,10 @@ def test_patient_read_and_search(gateway: Gateway, catalog) -> None:
     family = str(facts.first.PatientName).split("^")[0]
     assert patient["name"][0]["family"] == family
     assert any(ord(c) > 127 for c in family), "the charset patient has a non-ASCII name"
-    by_name = resources(search(gateway, f"/fhir/Patient?name={family[:3].lower()}"))
-    assert patient_id in {p["id"] for p in by_name}
+    for prefix in (family[:3].lower(), family[:3].upper(), "mul", "Mül"):
+        by_name = resources(search(gateway, f"/fhir/Patient?name={prefix}"))
+        assert patient_id in {p["id"] for p in by_name}, prefix
+    assert resources(search(gateway, "/fhir/Patient?name=ller")) == []  # starts-with only
     birth = patient["birthDate"]
     by_birth = resources(search(gateway, f"/fhir/Patient?birthdate={birth}"))
     assert patient_id in {p["id"] for p in by_birth}
