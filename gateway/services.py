@@ -10,6 +10,7 @@ from gateway.dicomweb.upstream import Upstream, create_upstream
 from gateway.fhir.mapping import MappingContext
 from gateway.fhir.patients import PatientService
 from gateway.fhir.studies import ImagingStudyService
+from gateway.fhir.study_cache import StudyDetailCache
 from gateway.settings import Settings
 from gateway.store.database import Database
 from gateway.store.patients import PatientIndex
@@ -47,6 +48,7 @@ class Services:
                 context,
                 settings.fhir_base_url,
                 max_candidates=settings.max_search_candidates,
+                cache=StudyDetailCache(settings.study_cache_seconds, settings.study_cache_size),
             ),
             patients=PatientService(upstream, index, settings.max_search_candidates),
         )

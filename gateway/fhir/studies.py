@@ -2,16 +2,17 @@
 
 A search costs a bounded number of upstream calls whatever the page holds:
 one study-level QIDO with the narrowest filter the PACS can apply, then one
-series-level and one instance-level QIDO for all studies of the page
-(UID list matching, in chunks). Every criterion is re-checked exactly here,
-because PACSes differ in how loosely they match.
+series-level and one instance-level QIDO for the page's studies that the
+study detail cache cannot answer (UID list matching, in chunks). Every
+criterion is re-checked exactly here, because PACSes differ in how loosely
+they match.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +24,7 @@ from gateway.fhir import mapping, params, terminology
 from gateway.fhir.dates import Moment, dicom_moment
 from gateway.fhir.mapping import MappingContext, Resource
 from gateway.fhir.params import DateFilter, SearchRequest, Token
+from gateway.fhir.study_cache import StudyDetailCache
 from gateway.store.patients import PatientIndex, PatientKey
 
 SEARCH_PARAMETERS: dict[str, tuple[str, str]] = {
@@ -78,6 +80,7 @@ class ImagingStudyService:
         context: MappingContext,
         base_url: str,
         max_candidates: int = 5000,
+        cache: StudyDetailCache | None = None,
     ) -> None:
         self.upstream = upstream
         self.patients = patients
@@ -85,6 +88,7 @@ class ImagingStudyService:
         self.base_url = base_url
         self.fallback_zone = context.local_zone or UTC
         self.max_candidates = max_candidates
+        self.cache = cache or StudyDetailCache(ttl=0, max_entries=0)
 
     # -- read --------------------------------------------------------------
 
@@ -143,32 +147,13 @@ class ImagingStudyService:
     async def search(self, criteria: StudyCriteria, offset: int, count: int) -> StudyPage:
         if criteria.empty():
             return StudyPage(0, [], [], {})
-        prefetch = self._patient_prefetch(criteria) if count else None
-        if prefetch is not None:
-            # One patient: series and instances are asked for by PatientID at the same
-            # time as the studies, so the search costs one round trip, not two.
-            candidates, *prefetched = await asyncio.gather(self._candidates(criteria), *prefetch)
-        else:
-            candidates, prefetched = await self._candidates(criteria), None
+        candidates = await self._candidates(criteria)
         matching = [s for s in candidates if self._accepts(s, criteria)]
         matching.sort(key=self._sort_key, reverse=criteria.sort_descending)
         page = matching[offset : offset + count] if count else []
-        expanded = await self._expand(page, prefetched) if page else StudyPage(0, [], [], {})
+        expanded = await self._expand(page) if page else StudyPage(0, [], [], {})
         expanded.total = len(matching)
         return expanded
-
-    def _patient_prefetch(
-        self, criteria: StudyCriteria
-    ) -> tuple[Awaitable[list[DicomJson]], Awaitable[list[DicomJson]]] | None:
-        if criteria.study_uids is not None or criteria.patients is None:
-            return None
-        if len({patient_id for _, patient_id in criteria.patients}) != 1:
-            return None
-        filters = {"PatientID": criteria.patients[0][1]}
-        return (
-            self.upstream.search_series(filters, SERIES_FIELDS),
-            self.upstream.search_instances(filters, INSTANCE_FIELDS),
-        )
 
     async def _candidates(self, criteria: StudyCriteria) -> list[DicomJson]:
         """One study-level QIDO per alternative of the most selective filter."""
@@ -259,43 +244,52 @@ class ImagingStudyService:
 
     # -- expansion ---------------------------------------------------------
 
-    async def _expand(
-        self, studies: list[DicomJson], prefetched: list[list[DicomJson]] | None = None
-    ) -> StudyPage:
-        """Series and instances for all studies at once, then the mapping."""
-        uids = [u for u in (dj.text(s, "StudyInstanceUID") for s in studies) if u]
-        chunks = [uids[i : i + UID_CHUNK] for i in range(0, len(uids), UID_CHUNK)]
-
-        async def fetched(index: int) -> list[list[DicomJson]]:
-            if prefetched is not None:
-                return [prefetched[index]]
-            search = (self.upstream.search_series, self.upstream.search_instances)[index]
-            fields = (SERIES_FIELDS, INSTANCE_FIELDS)[index]
-            return await asyncio.gather(
-                *(search({"StudyInstanceUID": ",".join(c)}, fields) for c in chunks)
+    async def _expand(self, studies: list[DicomJson]) -> StudyPage:
+        """Series and instances for all studies at once (the cache's misses), then the mapping."""
+        cached = {uid: d for s in studies if (uid := _uid(s)) and (d := self.cache.get(s))}
+        missing = [u for u in (_uid(s) for s in studies) if u and u not in cached]
+        chunks = [missing[i : i + UID_CHUNK] for i in range(0, len(missing), UID_CHUNK)]
+        series_batches = asyncio.gather(
+            *(
+                self.upstream.search_series({"StudyInstanceUID": ",".join(c)}, SERIES_FIELDS)
+                for c in chunks
             )
-
-        series_batches, instance_batches = fetched(0), fetched(1)
+        )
+        instance_batches = asyncio.gather(
+            *(
+                self.upstream.search_instances({"StudyInstanceUID": ",".join(c)}, INSTANCE_FIELDS)
+                for c in chunks
+            )
+        )
         keys = [k for k in (mapping.patient_key(s) for s in studies) if k]
         series_results, instance_results, patient_ids = await asyncio.gather(
             series_batches, instance_batches, self.patients.ids_for(keys)
         )
-        series_by_study = _group(series_results, set(uids))
-        instances_by_study = _group(instance_results, set(uids))
+        series_by_study = _group(series_results, set(missing))
+        instances_by_study = _group(instance_results, set(missing))
         resources = []
         for study in studies:
-            uid = dj.text(study, "StudyInstanceUID") or ""
+            uid = _uid(study) or ""
+            if uid in cached:
+                series, instances = cached[uid].series, cached[uid].instances
+            else:
+                series, instances = series_by_study.get(uid, []), instances_by_study.get(uid, [])
+                self.cache.put(study, series, instances)
             key = mapping.patient_key(study)
             resources.append(
                 mapping.imaging_study(
                     study,
-                    series_by_study.get(uid, []),
-                    instances_by_study.get(uid, []),
+                    series,
+                    instances,
                     patient_id=patient_ids.get(key) if key else None,
                     context=self.context,
                 )
             )
         return StudyPage(len(resources), resources, studies, patient_ids)
+
+
+def _uid(study: DicomJson) -> str | None:
+    return dj.text(study, "StudyInstanceUID")
 
 
 def _group(batches: Sequence[Sequence[DicomJson]], wanted: set[str]) -> dict[str, list[DicomJson]]:

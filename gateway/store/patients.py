@@ -21,14 +21,34 @@ def new_patient_id() -> str:
 
 
 class PatientIndex:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Rows are never updated or deleted, so each process may remember what it has read."""
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], memo_size: int = 100_000
+    ) -> None:
         self._sessions = sessions
+        self._ids: dict[PatientKey, str] = {}
+        self._keys: dict[str, PatientKey] = {}
+        self._memo_size = memo_size
+
+    def _remember(self, found: dict[PatientKey, str]) -> None:
+        if len(self._ids) + len(found) > self._memo_size:
+            self._ids.clear()
+            self._keys.clear()
+        self._ids.update(found)
+        self._keys.update({fhir_id: key for key, fhir_id in found.items()})
 
     async def ids_for(self, keys: Iterable[PatientKey]) -> dict[PatientKey, str]:
         """The FHIR id of each key, creating the missing ones; safe under concurrency."""
         wanted = {(issuer or "", patient_id) for issuer, patient_id in keys if patient_id}
-        if not wanted:
-            return {}
+        known = {key: self._ids[key] for key in wanted if key in self._ids}
+        if len(known) == len(wanted):
+            return known
+        found = await self._load_or_create(wanted - known.keys())
+        self._remember(found)
+        return {**known, **found}
+
+    async def _load_or_create(self, wanted: set[PatientKey]) -> dict[PatientKey, str]:
         async with self._sessions() as session:
             found = await self._select(session, wanted)
             missing = wanted - found.keys()
@@ -50,17 +70,21 @@ class PatientIndex:
             return found
 
     async def key_for(self, fhir_id: str) -> PatientKey | None:
-        async with self._sessions() as session:
-            record = await session.get(PatientRecord, fhir_id)
-            return (record.issuer, record.patient_id) if record else None
+        return (await self.keys_for([fhir_id])).get(fhir_id)
 
     async def keys_for(self, fhir_ids: Iterable[str]) -> dict[str, PatientKey]:
         ids = set(fhir_ids)
-        if not ids:
-            return {}
+        known = {i: self._keys[i] for i in ids if i in self._keys}
+        unknown = ids - known.keys()
+        if not unknown:
+            return known
         async with self._sessions() as session:
-            rows = await session.scalars(select(PatientRecord).where(PatientRecord.id.in_(ids)))
-            return {row.id: (row.issuer, row.patient_id) for row in rows}
+            rows = await session.scalars(
+                select(PatientRecord).where(PatientRecord.id.in_(sorted(unknown)))
+            )
+            found = {row.id: (row.issuer, row.patient_id) for row in rows}
+        self._remember({key: fhir_id for fhir_id, key in found.items()})
+        return {**known, **found}
 
     @staticmethod
     async def _select(session: AsyncSession, keys: set[PatientKey]) -> dict[PatientKey, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -62,15 +63,21 @@ async def test_unmigrated_database_is_refused_then_upgrade_fixes_it(database: Da
 async def test_ids_are_stable_opaque_and_per_issuer(database: Database) -> None:
     await database.upgrade()
     index = PatientIndex(database.sessions)
-    first = await index.ids_for([("HOSP-A", "12345"), ("HOSP-B", "12345"), ("", "777")])
-    again = await index.ids_for([("HOSP-B", "12345"), ("HOSP-A", "12345")])
-    assert again[("HOSP-A", "12345")] == first[("HOSP-A", "12345")]
-    assert first[("HOSP-A", "12345")] != first[("HOSP-B", "12345")]
-    assert all("12345" not in fhir_id and "777" not in fhir_id for fhir_id in first.values())
-    assert await index.key_for(first[("", "777")]) == ("", "777")
-    assert await index.key_for("unknown") is None
-    assert await index.keys_for([first[("HOSP-A", "12345")], "nope"]) == {
-        first[("HOSP-A", "12345")]: ("HOSP-A", "12345")
+    first = await index.ids_for([("HOSP-A", "MRN-1"), ("HOSP-B", "MRN-1"), ("", "MRN-7")])
+    # A fresh index (as on another replica) reads the same ids from the database.
+    again = await PatientIndex(database.sessions).ids_for(
+        [("HOSP-B", "MRN-1"), ("HOSP-A", "MRN-1")]
+    )
+    assert again[("HOSP-A", "MRN-1")] == first[("HOSP-A", "MRN-1")]
+    assert again[("HOSP-B", "MRN-1")] == first[("HOSP-B", "MRN-1")]
+    assert first[("HOSP-A", "MRN-1")] != first[("HOSP-B", "MRN-1")]
+    # Opaque: 128 random bits in hex, nothing of the MRN.
+    assert all(re.fullmatch(r"[0-9a-f]{32}", fhir_id) for fhir_id in first.values())
+    fresh = PatientIndex(database.sessions)
+    assert await fresh.key_for(first[("", "MRN-7")]) == ("", "MRN-7")
+    assert await fresh.key_for("unknown") is None
+    assert await fresh.keys_for([first[("HOSP-A", "MRN-1")], "nope"]) == {
+        first[("HOSP-A", "MRN-1")]: ("HOSP-A", "MRN-1")
     }
 
 
