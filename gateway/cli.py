@@ -7,10 +7,10 @@ import json
 import logging
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydicom import Dataset, dcmread
@@ -38,6 +38,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 console = Console(stderr=True)
 IMPORT_BATCH = 16
+T = TypeVar("T")
 
 
 def _settings() -> Settings:
@@ -233,37 +234,41 @@ def import_command(
 # -- db ------------------------------------------------------------------------
 
 
-@db_app.command("upgrade")
-def db_upgrade() -> None:
-    """Apply all database migrations."""
+def _on_database(action: Callable[[Database], Awaitable[T]]) -> T:
+    """Run one coroutine against the configured database, then close it."""
     settings = _settings()
 
-    async def run() -> tuple[str | None, str | None]:
+    async def run() -> T:
         database = Database(settings.effective_database_url)
         try:
-            before = await database.current_revision()
-            await database.upgrade()
-            return before, await database.current_revision()
+            return await action(database)
         finally:
             await database.dispose()
 
-    before, after = asyncio.run(run())
+    return asyncio.run(run())
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply all database migrations."""
+
+    async def upgrade(database: Database) -> tuple[str | None, str | None]:
+        before = await database.current_revision()
+        await database.upgrade()
+        return before, await database.current_revision()
+
+    before, after = _on_database(upgrade)
     console.print(f"database at revision {after} (was {before or 'empty'})")
 
 
 @db_app.command("current")
 def db_current() -> None:
     """Show the database revision and the one this version needs."""
-    settings = _settings()
 
-    async def run() -> tuple[str | None, str | None]:
-        database = Database(settings.effective_database_url)
-        try:
-            return await database.current_revision(), await database.head_revision()
-        finally:
-            await database.dispose()
+    async def revisions(database: Database) -> tuple[str | None, str | None]:
+        return await database.current_revision(), await database.head_revision()
 
-    current, head = asyncio.run(run())
+    current, head = _on_database(revisions)
     typer.echo(f"current: {current or 'empty'}\nneeded:  {head}")
 
 
@@ -307,6 +312,8 @@ async def seed_demo(settings: Settings) -> dict[str, Any]:
                     "search": f"{settings.fhir_base_url}/ImagingStudy?patient={fhir_id}",
                 }
             )
+        # The richest record first: that is the one a newcomer should try.
+        patients.sort(key=lambda p: (-int(p["studies"]), str(p["name"])))
         return {
             "gateway": __version__,
             "public_url": settings.public_url,

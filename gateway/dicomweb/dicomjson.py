@@ -6,10 +6,10 @@ DICOM JSON keys are eight upper-case hex digits; values always sit in a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.datadict import tag_for_keyword
 
 DicomJson = dict[str, Any]
 
@@ -72,13 +72,6 @@ def tag(keyword: str) -> str:
     if number is None:
         raise KeyError(f"unknown DICOM keyword {keyword!r}")
     return f"{number:08X}"
-
-
-def keyword(tag_key: str) -> str | None:
-    try:
-        return keyword_for_tag(int(tag_key, 16)) or None
-    except ValueError:
-        return None
 
 
 def values(data: Mapping[str, Any], name: str) -> list[Any]:
@@ -166,11 +159,6 @@ def merge(*datasets: Mapping[str, Any]) -> DicomJson:
             if key not in merged or not merged[key].get("Value"):
                 merged[key] = element
     return merged
-
-
-def only(data: Mapping[str, Any], names: Iterable[str]) -> DicomJson:
-    keys = {tag(name) for name in names}
-    return {key: element for key, element in data.items() if key in keys}
 
 
 def element(vr: str, *value: Any) -> dict[str, Any]:

@@ -258,7 +258,7 @@ def _study_identifiers(study: DicomJson, uid: str) -> list[Resource]:
         }
         issuers = dj.items(study, "IssuerOfAccessionNumberSequence")
         if issuers:
-            system, assigner = _issuer(issuers[0])
+            system, assigner = issuer(issuers[0])
             if system:
                 identifier["system"] = system
             if assigner:
@@ -270,7 +270,7 @@ def _study_identifiers(study: DicomJson, uid: str) -> list[Resource]:
     return identifiers
 
 
-def _issuer(item: Mapping[str, Any]) -> tuple[str | None, str | None]:
+def issuer(item: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """(system, assigner display) from an HL7v2 HD-style issuer item (PS3.3 10.14)."""
     universal = dj.text(item, "UniversalEntityID")
     kind = (dj.text(item, "UniversalEntityIDType") or "").upper()
@@ -290,12 +290,12 @@ def _patient_identifier(study: DicomJson, patient_id: str) -> Resource:
         "value": patient_id,
     }
     qualifiers = dj.items(study, "IssuerOfPatientIDQualifiersSequence")
-    system, assigner = _issuer(qualifiers[0]) if qualifiers else (None, None)
-    issuer = dj.text(study, "IssuerOfPatientID")
+    system, assigner = issuer(qualifiers[0]) if qualifiers else (None, None)
+    issuer_of_patient_id = dj.text(study, "IssuerOfPatientID")
     if system:
         identifier["system"] = system
-    if issuer or assigner:
-        identifier["assigner"] = {"display": issuer or assigner}
+    if issuer_of_patient_id or assigner:
+        identifier["assigner"] = {"display": issuer_of_patient_id or assigner}
     return identifier
 
 

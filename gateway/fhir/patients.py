@@ -10,7 +10,7 @@ from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb.dicomjson import STUDY_FIELDS, DicomJson
 from gateway.dicomweb.upstream import Upstream
 from gateway.errors import BadRequest, NotFound
-from gateway.fhir import mapping, params
+from gateway.fhir import mapping, params, terminology
 from gateway.fhir.dates import dicom_moment
 from gateway.fhir.mapping import Resource
 from gateway.fhir.params import SearchRequest
@@ -134,5 +134,5 @@ def _name_matches(study: DicomJson, name: str) -> bool:
 
 def _gender_matches(study: DicomJson, alternatives: list[params.Token]) -> bool:
     sex = (dj.text(study, "PatientSex") or "").upper()
-    gender = {"M": "male", "F": "female", "O": "other"}.get(sex, "unknown")
+    gender = terminology.GENDERS.get(sex, "unknown")
     return any(t.code == gender for t in alternatives)

@@ -325,14 +325,7 @@ def _accession_matches(study: DicomJson, accession: str | None, token: Token) ->
     if token.system is None:
         return True
     issuers = dj.items(study, "IssuerOfAccessionNumberSequence")
-    system = None
-    if issuers:
-        universal = dj.text(issuers[0], "UniversalEntityID")
-        kind = (dj.text(issuers[0], "UniversalEntityIDType") or "").upper()
-        if universal and kind == "ISO":
-            system = f"urn:oid:{universal}"
-        elif universal and kind in ("URI", "URL"):
-            system = universal
+    system = mapping.issuer(issuers[0])[0] if issuers else None
     return (token.system or None) == system
 
 
