@@ -17,6 +17,7 @@ def searchset(
     total: int | None,
     offset: int = 0,
     count: int | None = None,
+    warning: str | None = None,
 ) -> Resource:
     """``query`` holds the parameters the server used; paging ones are rewritten here."""
     kept = [(k, v) for k, v in query if k not in ("_offset", "_count")]
@@ -46,6 +47,18 @@ def searchset(
         for mode, group in (("match", matches), ("include", includes))
         for r in group
     ]
+    if warning:
+        entries.append(
+            {
+                "resource": {
+                    "resourceType": "OperationOutcome",
+                    "issue": [
+                        {"severity": "warning", "code": "too-costly", "diagnostics": warning}
+                    ],
+                },
+                "search": {"mode": "outcome"},
+            }
+        )
     if entries:
         bundle["entry"] = entries
     return bundle

@@ -97,9 +97,15 @@ async def search_imaging_study(request: Request, services: Services) -> Response
             query=query.used_items(),
             matches=result.resources,
             includes=includes,
-            total=result.total,
+            total=None if result.truncated else result.total,
             offset=page.offset,
             count=None if page.summary_count else page.count,
+            warning=(
+                f"More than {settings.max_search_candidates} studies match; only the first "
+                "ones were considered. Narrow the search (patient, started, modality)."
+                if result.truncated
+                else None
+            ),
         )
     )
 

@@ -70,6 +70,8 @@ class StudyPage:
     resources: list[Resource]
     studies: list[DicomJson]
     patient_ids: dict[PatientKey, str]
+    # The PACS returned as many studies as the gateway may ask for: more may match.
+    truncated: bool = False
 
 
 class ImagingStudyService:
@@ -147,15 +149,16 @@ class ImagingStudyService:
     async def search(self, criteria: StudyCriteria, offset: int, count: int) -> StudyPage:
         if criteria.empty():
             return StudyPage(0, [], [], {})
-        candidates = await self._candidates(criteria)
+        candidates, truncated = await self._candidates(criteria)
         matching = [s for s in candidates if self._accepts(s, criteria)]
         matching.sort(key=self._sort_key, reverse=criteria.sort_descending)
         page = matching[offset : offset + count] if count else []
         expanded = await self._expand(page) if page else StudyPage(0, [], [], {})
         expanded.total = len(matching)
+        expanded.truncated = truncated
         return expanded
 
-    async def _candidates(self, criteria: StudyCriteria) -> list[DicomJson]:
+    async def _candidates(self, criteria: StudyCriteria) -> tuple[list[DicomJson], bool]:
         """One study-level QIDO per alternative of the most selective filter."""
         base: dict[str, str] = {}
         for uids, accessions in criteria.identifiers:
@@ -190,7 +193,8 @@ class ImagingStudyService:
             uid = dj.text(study, "StudyInstanceUID")
             if uid and uid not in seen:
                 seen[uid] = study
-        return list(seen.values())
+        truncated = any(len(batch) >= self.max_candidates for batch in results)
+        return list(seen.values()), truncated
 
     def _accepts(self, study: DicomJson, criteria: StudyCriteria) -> bool:
         uid = dj.text(study, "StudyInstanceUID") or ""
