@@ -30,24 +30,18 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         yield db
         await db.dispose()
         return
-    # A schema of its own per test keeps runs independent on the shared database.
-    schema = f"t_{uuid.uuid4().hex[:12]}"
+    # A database of its own per test: a session-level search_path does not survive
+    # the pool resetting connections, a database name does.
+    name = f"gateway_test_{uuid.uuid4().hex[:12]}"
     admin = Database(POSTGRES_URL)
-    async with admin.engine.begin() as connection:
-        await connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    db = Database(POSTGRES_URL)
-    from sqlalchemy import event
-
-    @event.listens_for(db.engine.sync_engine, "connect")
-    def _search_path(dbapi_connection, _record):  # type: ignore[no-untyped-def]
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f'SET search_path TO "{schema}"')
-        cursor.close()
-
+    autocommit = admin.engine.execution_options(isolation_level="AUTOCOMMIT")
+    async with autocommit.connect() as connection:
+        await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    db = Database(POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}")
     yield db
     await db.dispose()
-    async with admin.engine.begin() as connection:
-        await connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    async with autocommit.connect() as connection:
+        await connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     await admin.dispose()
 
 
