@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from gateway import __version__, operations
+from gateway.dicomweb import routes as dicomweb_routes
 from gateway.fhir import routes as fhir_routes
 from gateway.services import Services
 from gateway.settings import Settings
@@ -47,6 +48,7 @@ def create_app(
     return Starlette(
         routes=[
             Mount("/fhir", routes=fhir_routes.routes()),
+            Mount("/dicomweb", routes=dicomweb_routes.routes()),
             Route("/healthz", operations.healthz, methods=["GET"]),
             Route("/readyz", operations.readyz, methods=["GET"]),
             Route("/metrics", operations.metrics, methods=["GET"]),

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from gateway.access import AccessPolicy, AllowEverything
 from gateway.dicomweb.upstream import Upstream, create_upstream
 from gateway.fhir.mapping import MappingContext
 from gateway.fhir.patients import PatientService
@@ -25,10 +26,16 @@ class Services:
     mapping_context: MappingContext
     studies: ImagingStudyService
     patients: PatientService
+    policy: AccessPolicy = field(default_factory=AllowEverything)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @classmethod
-    def build(cls, settings: Settings, upstream: Upstream | None = None) -> Services:
+    def build(
+        cls,
+        settings: Settings,
+        upstream: Upstream | None = None,
+        policy: AccessPolicy | None = None,
+    ) -> Services:
         database = Database(settings.effective_database_url)
         upstream = upstream or create_upstream(settings)
         index = PatientIndex(database.sessions)
@@ -51,6 +58,7 @@ class Services:
                 cache=StudyDetailCache(settings.study_cache_seconds, settings.study_cache_size),
             ),
             patients=PatientService(upstream, index, settings.max_search_candidates),
+            policy=policy or AllowEverything(),
         )
 
     async def aclose(self) -> None:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 from pydicom import dcmread
 from starlette.testclient import TestClient
@@ -133,3 +138,41 @@ def orthanc_gateway(
 def gateway(request: pytest.FixtureRequest) -> Gateway:
     """The same FHIR API tests run against both backends."""
     return request.getfixturevalue(f"{request.param}_gateway")  # type: ignore[no-any-return]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def served(embedded_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(
+        GATEWAY_DATA_DIR=str(embedded_data_dir),
+        GATEWAY_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('served') / 'g.db'}",
+        GATEWAY_PUBLIC_URL=base,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--migrate"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None:
+                raise RuntimeError(process.stdout.read().decode() if process.stdout else "")
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -52,8 +52,11 @@ def validate(name: str, match_key: str) -> None:
                 raise InvalidFilter(f"{name}: {bound!r} is not a valid {vr} value")
 
 
-def matches(data: Mapping[str, Any], filters: Mapping[str, str]) -> bool:
-    """True when every filter matches; ``filters`` maps keywords to match keys."""
+def matches(data: Mapping[str, Any], filters: Mapping[str, str], *, fuzzy: bool = False) -> bool:
+    """True when every filter matches; ``filters`` maps keywords to match keys.
+
+    ``fuzzy`` (PS3.18 8.3.4.2) lets a person-name key without wildcards match
+    any name component that starts with it."""
     for name, match_key in filters.items():
         if match_key == "":
             continue
@@ -62,7 +65,11 @@ def matches(data: Mapping[str, Any], filters: Mapping[str, str]) -> bool:
             return False
         element = data.get(f"{number:08X}")
         found = element.get("Value", []) if isinstance(element, Mapping) else []
-        if not any(_value_matches(vr_of(name), value, match_key) for value in found):
+        vr = vr_of(name)
+        if fuzzy and vr == "PN" and not any(c in match_key for c in "*?"):
+            if not any(_fuzzy_name_matches(value, match_key) for value in found):
+                return False
+        elif not any(_value_matches(vr, value, match_key) for value in found):
             return False
     return True
 
@@ -78,6 +85,12 @@ def _value_matches(vr: str, value: Any, match_key: str) -> bool:
     if vr in WILDCARD_VRS:
         return _string_matches(text, match_key)
     return text == match_key.strip()
+
+
+def _fuzzy_name_matches(value: Any, match_key: str) -> bool:
+    wanted = match_key.casefold().strip()
+    parts = re.split(r"[\^= ]", person_name(value).casefold())
+    return any(part.startswith(wanted) for part in parts if part)
 
 
 def _string_matches(text: str, match_key: str) -> bool:

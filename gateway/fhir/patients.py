@@ -6,6 +6,7 @@ import unicodedata
 from collections.abc import Iterable
 from datetime import UTC
 
+from gateway.access import EVERYTHING, Visibility
 from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb.dicomjson import STUDY_FIELDS, DicomJson
 from gateway.dicomweb.upstream import Upstream
@@ -33,16 +34,18 @@ class PatientService:
         self.patients = patients
         self.max_candidates = max_candidates
 
-    async def read(self, fhir_id: str) -> Resource:
+    async def read(self, fhir_id: str, visibility: Visibility = EVERYTHING) -> Resource:
         key = await self.patients.key_for(fhir_id)
-        if key is None:
+        if key is None or not visibility.permits_patient(key):
             raise NotFound(f"Patient/{fhir_id} is not known.")
-        studies = await self._studies_of(key)
+        studies = [s for s in await self._studies_of(key) if visibility.permits(s)]
         if not studies:
             raise NotFound(f"Patient/{fhir_id} has no studies in the archive.")
         return mapping.patient(studies[0], fhir_id)
 
-    async def search(self, request: SearchRequest) -> list[Resource]:
+    async def search(
+        self, request: SearchRequest, visibility: Visibility = EVERYTHING
+    ) -> list[Resource]:
         filters: dict[str, str] = {}
         keys: set[PatientKey] | None = None
         for value in request.all("_id"):
@@ -69,7 +72,7 @@ class PatientService:
             filters, STUDY_FIELDS, limit=self.max_candidates
         )
         by_patient: dict[PatientKey, DicomJson] = {}
-        for study in studies:
+        for study in (s for s in studies if visibility.permits(s)):
             key = mapping.patient_key(study)
             if key and key not in by_patient:
                 by_patient[key] = study

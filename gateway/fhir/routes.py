@@ -65,7 +65,8 @@ async def metadata(request: Request, services: Services) -> Response:
 
 @fhir_endpoint
 async def read_imaging_study(request: Request, services: Services) -> Response:
-    resource = await services.studies.read(request.path_params["id"])
+    visibility = await services.policy.visibility(request)
+    resource = await services.studies.read(request.path_params["id"], visibility)
     return FhirResponse(resource)
 
 
@@ -82,8 +83,9 @@ async def search_imaging_study(request: Request, services: Services) -> Response
                 f"(supported: {', '.join(studies.INCLUDES)})."
             )
     criteria = await services.studies.parse(query)
+    visibility = await services.policy.visibility(request)
     result = await services.studies.search(
-        criteria, page.offset, 0 if page.summary_count else page.count
+        criteria, page.offset, 0 if page.summary_count else page.count, visibility
     )
     includes: list[mapping.Resource] = []
     if "ImagingStudy:subject" in wanted_includes and result.studies:
@@ -112,7 +114,8 @@ async def search_imaging_study(request: Request, services: Services) -> Response
 
 @fhir_endpoint
 async def read_patient(request: Request, services: Services) -> Response:
-    return FhirResponse(await services.patients.read(request.path_params["id"]))
+    visibility = await services.policy.visibility(request)
+    return FhirResponse(await services.patients.read(request.path_params["id"], visibility))
 
 
 @fhir_endpoint
@@ -120,7 +123,7 @@ async def search_patient(request: Request, services: Services) -> Response:
     settings = services.settings
     query = search_request(request, patients.SEARCH_PARAMETERS)
     page = paging(query, settings.page_size, settings.max_page_size)
-    found = await services.patients.search(query)
+    found = await services.patients.search(query, await services.policy.visibility(request))
     shown = [] if page.summary_count else found[page.offset : page.offset + page.count]
     return FhirResponse(
         bundle.searchset(

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from gateway.access import EVERYTHING, Visibility
 from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb.dicomjson import INSTANCE_FIELDS, SERIES_FIELDS, STUDY_FIELDS, DicomJson
 from gateway.dicomweb.upstream import Upstream
@@ -94,13 +95,18 @@ class ImagingStudyService:
 
     # -- read --------------------------------------------------------------
 
-    async def read(self, study_uid: str) -> Resource:
+    async def read(self, study_uid: str, visibility: Visibility = EVERYTHING) -> Resource:
         if not is_uid(study_uid):
             raise NotFound(f"ImagingStudy/{study_uid} is not known.")
         studies = await self.upstream.search_studies(
             {"StudyInstanceUID": study_uid}, STUDY_FIELDS, limit=2
         )
-        studies = [s for s in studies if dj.text(s, "StudyInstanceUID") == study_uid]
+        # Not visible reads as unknown: a refusal must not confirm the study exists.
+        studies = [
+            s
+            for s in studies
+            if dj.text(s, "StudyInstanceUID") == study_uid and visibility.permits(s)
+        ]
         if not studies:
             raise NotFound(f"ImagingStudy/{study_uid} is not known.")
         page = await self._expand(studies[:1])
@@ -146,11 +152,18 @@ class ImagingStudyService:
             criteria.sort_descending = sorts[-1].startswith("-")
         return criteria
 
-    async def search(self, criteria: StudyCriteria, offset: int, count: int) -> StudyPage:
+    async def search(
+        self,
+        criteria: StudyCriteria,
+        offset: int,
+        count: int,
+        visibility: Visibility = EVERYTHING,
+    ) -> StudyPage:
+        criteria = restrict(criteria, visibility)
         if criteria.empty():
             return StudyPage(0, [], [], {})
         candidates, truncated = await self._candidates(criteria)
-        matching = [s for s in candidates if self._accepts(s, criteria)]
+        matching = [s for s in candidates if self._accepts(s, criteria) and visibility.permits(s)]
         matching.sort(key=self._sort_key, reverse=criteria.sort_descending)
         page = matching[offset : offset + count] if count else []
         expanded = await self._expand(page) if page else StudyPage(0, [], [], {})
@@ -290,6 +303,26 @@ class ImagingStudyService:
                 )
             )
         return StudyPage(len(resources), resources, studies, patient_ids)
+
+
+def restrict(criteria: StudyCriteria, visibility: Visibility) -> StudyCriteria:
+    """The criteria narrowed to what the request may see (gateway.access)."""
+    if visibility.unrestricted:
+        return criteria
+    narrowed = replace(criteria)
+    if visibility.patients is not None:
+        allowed = visibility.patients
+        narrowed.patients = sorted(
+            allowed if criteria.patients is None else set(criteria.patients) & allowed
+        )
+    if visibility.studies is not None:
+        allowed_studies = set(visibility.studies)
+        narrowed.study_uids = (
+            allowed_studies
+            if criteria.study_uids is None
+            else criteria.study_uids & allowed_studies
+        )
+    return narrowed
 
 
 def _uid(study: DicomJson) -> str | None:

@@ -1,0 +1,142 @@
+"""``/dicomweb``: QIDO-RS (PS3.18 10.6) in front of the configured archive.
+
+Every query is narrowed by the request's visibility (gateway.access) and every
+result re-checked before it is returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.access import CHECK_FIELDS, Visibility
+from gateway.dicomweb import dicomjson as dj
+from gateway.dicomweb import qido
+from gateway.dicomweb.dicomjson import DicomJson
+from gateway.dicomweb.matching import matches, vr_of
+from gateway.errors import GatewayError, NotAcceptable
+from gateway.services import Services
+
+logger = logging.getLogger(__name__)
+DICOM_JSON = "application/dicom+json"
+LEVEL_KEYS = {
+    "study": "StudyInstanceUID",
+    "series": "SeriesInstanceUID",
+    "instance": "SOPInstanceUID",
+}
+
+
+def dicomweb_endpoint(
+    handler: Callable[[Request, Services], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """PS3.18 error answers: the status code, a short text, and a Warning header."""
+
+    @functools.wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request, request.state.services)
+        except GatewayError as exc:
+            return error_response(exc.status, exc.message, exc.headers)
+        except Exception:
+            logger.exception("unhandled error in %s %s", request.method, request.url.path)
+            return error_response(500, "An internal error occurred.")
+
+    return endpoint
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    warning = message.replace('"', "'")
+    return PlainTextResponse(
+        message + "\n",
+        status_code=status,
+        headers={**(headers or {}), "Warning": f'299 gateway "{warning}"'},
+    )
+
+
+def _accepts_dicom_json(request: Request) -> None:
+    accept = request.headers.get("accept", "")
+    if not accept:
+        return
+    offered = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    if offered.isdisjoint({DICOM_JSON, "application/json", "*/*", "application/*"}):
+        raise NotAcceptable("QIDO-RS answers application/dicom+json only.")
+
+
+async def search(
+    services: Services, visibility: Visibility, level: str, query: qido.Query
+) -> list[DicomJson]:
+    """Run ``query`` at ``level`` within ``visibility``: narrowed, merged, re-checked, paged."""
+    # Fuzzy person-name keys are matched here, not by the PACS: support for
+    # fuzzymatching differs between archives (Orthanc ignores it).
+    held = {
+        name: value
+        for name, value in query.filters.items()
+        if query.fuzzy and vr_of(name) == "PN" and not any(c in value for c in "*?")
+    }
+    forwarded = {k: v for k, v in query.filters.items() if k not in held}
+    queries = visibility.narrow(forwarded)
+    if not queries:
+        return []
+    fields = [*query.fields, *held]
+    if not visibility.unrestricted:
+        fields.extend(CHECK_FIELDS)
+    wanted = None if query.limit is None or held else query.offset + query.limit
+    upstream = services.upstream
+    run = {
+        "study": upstream.search_studies,
+        "series": upstream.search_series,
+        "instance": upstream.search_instances,
+    }[level]
+    batches = await asyncio.gather(*(run(filters, fields, limit=wanted) for filters in queries))
+    seen: set[str] = set()
+    results = []
+    for item in (i for batch in batches for i in batch):
+        key = dj.text(item, LEVEL_KEYS[level]) or ""
+        if key in seen or not visibility.permits(item):
+            continue
+        if held and not matches(item, held, fuzzy=True):
+            continue
+        seen.add(key)
+        results.append(item)
+    end = None if query.limit is None else query.offset + query.limit
+    return results[query.offset : end]
+
+
+def qido_endpoint(level: str) -> Callable[[Request], Awaitable[Response]]:
+    @dicomweb_endpoint
+    async def endpoint(request: Request, services: Services) -> Response:
+        _accepts_dicom_json(request)
+        query = qido.parse(request.query_params)
+        for name, key in (("study", "StudyInstanceUID"), ("series", "SeriesInstanceUID")):
+            if name in request.path_params:
+                query.filters[key] = qido.check_uid(key, request.path_params[name])
+        visibility = await services.policy.visibility(request)
+        results = await search(services, visibility, level, query)
+        if not results:
+            # PS3.18 8.3.4.4.1: no matches is 204 with an empty payload (CP-2473 may make it 200).
+            return Response(status_code=204)
+        return Response(orjson.dumps(results), media_type=DICOM_JSON)
+
+    return endpoint
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/studies", qido_endpoint("study"), methods=["GET"]),
+        Route("/series", qido_endpoint("series"), methods=["GET"]),
+        Route("/instances", qido_endpoint("instance"), methods=["GET"]),
+        Route("/studies/{study}/series", qido_endpoint("series"), methods=["GET"]),
+        Route("/studies/{study}/instances", qido_endpoint("instance"), methods=["GET"]),
+        Route(
+            "/studies/{study}/series/{series}/instances",
+            qido_endpoint("instance"),
+            methods=["GET"],
+        ),
+    ]
