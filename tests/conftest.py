@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -146,33 +147,54 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def served(embedded_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def serve_gateway(workdir: Path, **settings: str) -> Iterator[str]:
+    """`gateway serve` under uvicorn in a child process; yields its base URL."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update({f"GATEWAY_{k.upper()}": v for k, v in settings.items()})
+    env.setdefault("GATEWAY_DATA_DIR", str(workdir / "var"))
     env.update(
-        GATEWAY_DATA_DIR=str(embedded_data_dir),
-        GATEWAY_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('served') / 'g.db'}",
+        GATEWAY_DATABASE_URL=f"sqlite+aiosqlite:///{workdir / 'gateway.db'}",
         GATEWAY_PUBLIC_URL=base,
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--migrate"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    log_path = workdir / "gateway.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--migrate"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        for _ in range(100):
+        for _ in range(150):
             try:
                 if httpx.get(f"{base}/readyz").status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if process.poll() is not None:
-                raise RuntimeError(process.stdout.read().decode() if process.stdout else "")
+                raise RuntimeError(log_path.read_text(errors="replace"))
             time.sleep(0.1)
         yield base
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def served(embedded_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The gateway over real HTTP, on the embedded store."""
+    with serve_gateway(tmp_path_factory.mktemp("served"), data_dir=str(embedded_data_dir)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def served_orthanc(
+    seeded_orthanc: OrthancServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The gateway over real HTTP, in front of the private Orthanc."""
+    workdir = tmp_path_factory.mktemp("served-orthanc")
+    with serve_gateway(workdir, dicomweb_url=seeded_orthanc.dicomweb_url) as url:
+        yield url

@@ -128,3 +128,20 @@ def test_fhir_stays_within_the_patient(restricted, catalog) -> None:
     assert [p["resource"]["identifier"][0]["value"] for p in patients["entry"]] == [ALLOWED[1]]
     others = restricted.get(f"/fhir/Patient?identifier={other.patient_key[1]}").json()
     assert others["total"] == 0
+
+
+def test_wado_by_guessed_uids_is_404(restricted, catalog) -> None:
+    own, other = own_and_other(catalog)
+    series = sorted(other.series)[0]
+    for path in (
+        f"/dicomweb/studies/{other.uid}",
+        f"/dicomweb/studies/{other.uid}/metadata",
+        f"/dicomweb/studies/{other.uid}/series/{series}",
+        f"/dicomweb/studies/{other.uid}/series/{series}/metadata",
+    ):
+        assert restricted.get(path).status_code == 404, path
+    mine = sorted(own)[0]
+    assert restricted.get(f"/dicomweb/studies/{mine}").status_code == 200
+    # A visible study UID in the path cannot be combined with another patient's series.
+    leak = f"/dicomweb/studies/{mine}/series/{series}"
+    assert restricted.get(leak).status_code == 404

@@ -15,13 +15,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import anyio
+import orjson
 from dicomweb_client.file import DICOMfileClient
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
@@ -36,8 +39,8 @@ from gateway.dicomweb.dicomjson import (
     tag,
 )
 from gateway.dicomweb.matching import matches
-from gateway.dicomweb.upstream import StoreResult
-from gateway.errors import UpstreamUnavailable
+from gateway.dicomweb.upstream import Retrieved, StoreResult
+from gateway.errors import NotAcceptable, NotFound, UpstreamUnavailable
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,6 +50,8 @@ UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 INDEX_DB_NAME = ".dicom-file-client.db"
 # External tools may drop files into the folder; look again at most this often.
 RESCAN_SECONDS = 2.0
+CHUNK = 1 << 20
+TRANSFER_SYNTAX = "00020010"
 
 
 @dataclass
@@ -174,11 +179,84 @@ class FileStoreUpstream:
     async def store_instances(self, datasets: Sequence[Dataset]) -> StoreResult:
         return await self._run(lambda: self._store(datasets))
 
+    # -- WADO ------------------------------------------------------------------
+
+    def _locate(self, uids: Sequence[str]) -> list[tuple[Path, DicomJson]]:
+        self._refresh()
+        keys = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+        found = [
+            (path, indexed.header)
+            for path, indexed in self._files.items()
+            if all(dicomjson.text(indexed.header, k) == v for k, v in zip(keys, uids, strict=False))
+        ]
+        return sorted(found, key=lambda item: _instance_sort_key(item[1]))
+
+    async def retrieve(self, path: str, accept: str) -> Retrieved:
+        parts = path.split("/")
+        metadata = parts[-1] == "metadata"
+        uids = parts[1:-1:2] if metadata else parts[1::2]
+        located = await self._run(lambda: self._locate(uids))
+        if not located:
+            raise NotFound("Not found in the embedded store.")
+        if metadata:
+            body = orjson.dumps(
+                [{k: v for k, v in h.items() if not k.startswith("0002")} for _, h in located]
+            )
+            return Retrieved("application/dicom+json", _once(body), _nothing)
+        wanted = _requested_transfer_syntax(accept)
+        if wanted:
+            stored = {dicomjson.text(h, "TransferSyntaxUID") or "" for _, h in located}
+            if stored != {wanted}:
+                raise NotAcceptable(
+                    f"The embedded store holds these instances as {', '.join(sorted(stored))} "
+                    f"and cannot transcode them to {wanted}."
+                )
+        boundary = secrets.token_hex(16)
+        media_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+        return Retrieved(media_type, _multipart([p for p, _ in located], boundary), _nothing)
+
     async def check(self) -> None:
         await self._run(self._file_client)
 
     async def aclose(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+async def _multipart(paths: Sequence[Path], boundary: str) -> AsyncIterator[bytes]:
+    """Part after part, each file read in chunks: memory stays flat whatever the study size."""
+    for path in paths:
+        yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        handle = await anyio.open_file(path, "rb")
+        try:
+            while chunk := await handle.read(CHUNK):
+                yield chunk
+        finally:
+            await handle.aclose()
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode()
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _requested_transfer_syntax(accept: str) -> str | None:
+    found = re.search(r"transfer-syntax\s*=\s*\"?([0-9.*]+)", accept)
+    if not found or found.group(1) == "*":
+        return None
+    return found.group(1)
+
+
+def _instance_sort_key(header: DicomJson) -> tuple[str, int, str]:
+    return (
+        dicomjson.text(header, "SeriesInstanceUID") or "",
+        dicomjson.integer(header, "InstanceNumber") or 0,
+        dicomjson.text(header, "SOPInstanceUID") or "",
+    )
 
 
 def _read_header(path: Path) -> DicomJson | None:
@@ -191,7 +269,12 @@ def _read_header(path: Path) -> DicomJson | None:
         return None
     if not hasattr(dataset, "SOPInstanceUID"):
         return None
-    return header_json(dataset)
+    header = header_json(dataset)
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax:
+        # Kept for transfer syntax negotiation; metadata answers leave it out.
+        header[TRANSFER_SYNTAX] = element("UI", str(syntax))
+    return header
 
 
 def _storage_problem(dataset: Dataset) -> str | None:

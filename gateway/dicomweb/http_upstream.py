@@ -12,14 +12,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
+import httpx
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset
 from requests.adapters import HTTPAdapter
 
 from gateway.dicomweb.dicomjson import DicomJson, text
-from gateway.dicomweb.upstream import StoreResult
+from gateway.dicomweb.upstream import Retrieved, StoreResult
 from gateway.errors import (
+    BadRequest,
+    NotAcceptable,
     NotFound,
     UpstreamBadResponse,
     UpstreamTimeout,
@@ -49,6 +52,16 @@ class HttpUpstream:
         # answers at once (503 + Retry-After) and lets its client decide.
         self._client.set_http_retry_params(retry=False)
         self._limiter = anyio.CapacityLimiter(concurrency)
+        # WADO bodies are relayed as bytes: dicomweb-client would parse whole
+        # instances into memory, so retrieval uses an async client that streams.
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout[1], connect=timeout[0]),
+            limits=httpx.Limits(max_connections=concurrency),
+            auth=_httpx_auth(self._session),
+            headers={
+                k: str(v) for k, v in self._session.headers.items() if k.lower() == "authorization"
+            },
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpUpstream:
@@ -144,11 +157,49 @@ class HttpUpstream:
         response = await self._call(run)
         return parse_store_response(response, datasets)
 
+    async def retrieve(self, path: str, accept: str) -> Retrieved:
+        request = self._http.build_request("GET", f"{self.url}/{path}", headers={"Accept": accept})
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.ConnectTimeout:
+            raise UpstreamUnavailable("The image archive did not accept a connection.") from None
+        except httpx.TimeoutException:
+            raise UpstreamTimeout("The image archive did not answer in time.") from None
+        except httpx.TransportError:
+            raise UpstreamUnavailable("The image archive is unreachable.") from None
+        if response.status_code >= 400:
+            await response.aclose()
+            raise _retrieve_error(response.status_code, accept)
+        media_type = response.headers.get("content-type", "application/octet-stream")
+        return Retrieved(media_type, response.aiter_bytes(1 << 16), response.aclose)
+
     async def check(self) -> None:
         await self._call(lambda: self._client.search_for_studies(limit=1))
 
     async def aclose(self) -> None:
         self._session.close()
+        await self._http.aclose()
+
+
+def _httpx_auth(session: requests.Session) -> httpx.BasicAuth | None:
+    if isinstance(session.auth, tuple) and len(session.auth) == 2:
+        return httpx.BasicAuth(str(session.auth[0]), str(session.auth[1]))
+    return None
+
+
+def _retrieve_error(status: int, accept: str) -> Exception:
+    if status in (404, 410):
+        return NotFound("Not found in the image archive.")
+    if status == 406 or (status >= 500 and "transfer-syntax=" in accept and "=*" not in accept):
+        # Archives answer an impossible transcoding with 406 or, like Orthanc, with 500.
+        return NotAcceptable("The archive cannot provide the requested transfer syntax.")
+    if status == 400:
+        return BadRequest("The archive refused the request.")
+    if status == 503:
+        return UpstreamUnavailable("The image archive is unavailable.")
+    if status == 504:
+        return UpstreamTimeout("The image archive timed out.")
+    return UpstreamBadResponse(f"The image archive answered HTTP {status}.")
 
 
 def parse_store_response(response: Any, datasets: Sequence[Dataset]) -> StoreResult:

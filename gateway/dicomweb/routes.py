@@ -1,4 +1,4 @@
-"""``/dicomweb``: QIDO-RS (PS3.18 10.6) in front of the configured archive.
+"""``/dicomweb``: QIDO-RS (PS3.18 10.6) and WADO-RS retrieval (10.4) in front of the archive.
 
 Every query is narrowed by the request's visibility (gateway.access) and every
 result re-checked before it is returned.
@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 import orjson
+from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from gateway.access import CHECK_FIELDS, Visibility
@@ -21,11 +23,13 @@ from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb import qido
 from gateway.dicomweb.dicomjson import DicomJson
 from gateway.dicomweb.matching import matches, vr_of
-from gateway.errors import GatewayError, NotAcceptable
+from gateway.errors import GatewayError, NotAcceptable, NotFound
 from gateway.services import Services
 
 logger = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
+MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
+DICOM_PART = re.compile(r'type="?application/dicom"?(;|$)')
 LEVEL_KEYS = {
     "study": "StudyInstanceUID",
     "series": "SeriesInstanceUID",
@@ -127,6 +131,60 @@ def qido_endpoint(level: str) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
+async def ensure_visible(services: Services, visibility: Visibility, study_uid: str) -> None:
+    """404 unless the request may see this study (never 403: that would confirm it exists)."""
+    if visibility.unrestricted:
+        return
+    for filters in visibility.narrow({"StudyInstanceUID": study_uid}):
+        for study in await services.upstream.search_studies(filters, CHECK_FIELDS, limit=2):
+            if dj.text(study, "StudyInstanceUID") == study_uid and visibility.permits(study):
+                return
+    raise NotFound("Not found.")
+
+
+def _wado_accept(request: Request, metadata: bool) -> str:
+    accept = request.headers.get("accept", "").strip()
+    if metadata:
+        _accepts_dicom_json(request)
+        return DICOM_JSON
+    if not accept or accept in ("*/*", "multipart/related"):
+        return MULTIPART_DICOM
+    for offered in (part.strip() for part in accept.split(",")):
+        normalized = offered.replace("'", '"').replace(" ", "").lower()
+        media = normalized.split(";")[0]
+        if media == "multipart/related" and DICOM_PART.search(normalized):
+            return offered
+        if media in ("*/*", "multipart/*"):
+            return MULTIPART_DICOM
+    raise NotAcceptable(
+        'Retrieval answers multipart/related; type="application/dicom" '
+        "(rendered and bulk data are not served yet)."
+    )
+
+
+def wado_endpoint(metadata: bool) -> Callable[[Request], Awaitable[Response]]:
+    @dicomweb_endpoint
+    async def endpoint(request: Request, services: Services) -> Response:
+        accept = _wado_accept(request, metadata)
+        levels = (("study", "studies"), ("series", "series"), ("instance", "instances"))
+        parts = []
+        for name, collection in levels:
+            if name in request.path_params:
+                key = LEVEL_KEYS[name]
+                parts += [collection, qido.check_uid(key, request.path_params[name])]
+        visibility = await services.policy.visibility(request)
+        await ensure_visible(services, visibility, request.path_params["study"])
+        path = "/".join(parts) + ("/metadata" if metadata else "")
+        retrieved = await services.upstream.retrieve(path, accept)
+        return StreamingResponse(
+            retrieved.chunks,
+            media_type=retrieved.media_type,
+            background=BackgroundTask(retrieved.close),
+        )
+
+    return endpoint
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/studies", qido_endpoint("study"), methods=["GET"]),
@@ -137,6 +195,20 @@ def routes() -> list[BaseRoute]:
         Route(
             "/studies/{study}/series/{series}/instances",
             qido_endpoint("instance"),
+            methods=["GET"],
+        ),
+        Route("/studies/{study}", wado_endpoint(False), methods=["GET"]),
+        Route("/studies/{study}/metadata", wado_endpoint(True), methods=["GET"]),
+        Route("/studies/{study}/series/{series}", wado_endpoint(False), methods=["GET"]),
+        Route("/studies/{study}/series/{series}/metadata", wado_endpoint(True), methods=["GET"]),
+        Route(
+            "/studies/{study}/series/{series}/instances/{instance}",
+            wado_endpoint(False),
+            methods=["GET"],
+        ),
+        Route(
+            "/studies/{study}/series/{series}/instances/{instance}/metadata",
+            wado_endpoint(True),
             methods=["GET"],
         ),
     ]

@@ -7,7 +7,7 @@ blocking calls off the event loop and turn its failures into the typed
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,6 +23,16 @@ class StoreResult:
 
     stored: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Retrieved:
+    """A WADO-RS answer being streamed: its media type, its body in chunks, and how
+    to release the upstream connection early (when the client goes away)."""
+
+    media_type: str
+    chunks: AsyncIterator[bytes]
+    close: Callable[[], Awaitable[None]]
 
 
 class Upstream(Protocol):
@@ -43,6 +53,10 @@ class Upstream(Protocol):
     ) -> list[DicomJson]: ...
 
     async def store_instances(self, datasets: Sequence[Dataset]) -> StoreResult: ...
+
+    async def retrieve(self, path: str, accept: str) -> Retrieved:
+        """WADO-RS ``path`` (``studies/{uid}[/series/{uid}[/instances/{uid}]][/metadata]``),
+        streamed; raises NotFound, NotAcceptable or an UpstreamError."""
 
     async def check(self) -> None:
         """Raise an ``UpstreamError`` when the store cannot answer."""

@@ -1,0 +1,73 @@
+"""WADO-RS through the gateway with dicomweb-client, a real client, over real HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from dicomweb_client.api import DICOMwebClient
+from pydicom import dcmread
+
+from tests.support.catalog import StudyFacts, read_catalog
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=["embedded", pytest.param("orthanc", marks=pytest.mark.orthanc)])
+def base_url(request: pytest.FixtureRequest) -> str:
+    return str(
+        request.getfixturevalue("served" if request.param == "embedded" else "served_orthanc")
+    )
+
+
+@pytest.fixture(scope="module")
+def catalog(fixture_files: list[Path]) -> dict[str, StudyFacts]:
+    return read_catalog(fixture_files)
+
+
+@pytest.fixture(scope="module")
+def originals(fixture_files: list[Path]) -> dict[str, Path]:
+    return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in fixture_files}
+
+
+def test_retrieve_study_series_instance_and_metadata(base_url: str, catalog, originals) -> None:
+    client = DICOMwebClient(url=f"{base_url}/dicomweb")
+    facts = next(f for f in catalog.values() if len(f.series) > 1)
+    study = client.retrieve_study(facts.uid)
+    assert len(study) == facts.instances
+    for dataset in study:
+        original = dcmread(originals[str(dataset.SOPInstanceUID)])
+        assert dataset.PixelData == original.PixelData
+        assert dataset.PatientID == original.PatientID
+    series_uid = sorted(facts.series)[0]
+    series = client.retrieve_series(facts.uid, series_uid)
+    assert {str(d.SeriesInstanceUID) for d in series} == {series_uid}
+    one = series[0]
+    instance = client.retrieve_instance(facts.uid, series_uid, str(one.SOPInstanceUID))
+    assert instance.SOPInstanceUID == one.SOPInstanceUID
+    metadata = client.retrieve_study_metadata(facts.uid)
+    assert len(metadata) == facts.instances
+    assert all("7FE00010" not in m or "InlineBinary" not in m["7FE00010"] for m in metadata)
+    series_metadata = client.retrieve_series_metadata(facts.uid, series_uid)
+    assert {m["0020000E"]["Value"][0] for m in series_metadata} == {series_uid}
+
+
+def test_retrieval_errors(base_url: str, catalog) -> None:
+    uid = next(iter(catalog))
+    dicom = {"Accept": 'multipart/related; type="application/dicom"'}
+    assert httpx.get(f"{base_url}/dicomweb/studies/1.2.3.4.5.6.7", headers=dicom).status_code == 404
+    assert httpx.get(f"{base_url}/dicomweb/studies/1.2.x", headers=dicom).status_code == 400
+    jpeg_baseline = "1.2.840.10008.1.2.4.50"
+    jpeg = {
+        "Accept": f'multipart/related; type="application/dicom"; transfer-syntax={jpeg_baseline}'
+    }
+    response = httpx.get(f"{base_url}/dicomweb/studies/{uid}", headers=jpeg)
+    assert response.status_code == 406
+    assert "Traceback" not in response.text
+    assert (
+        httpx.get(
+            f"{base_url}/dicomweb/studies/{uid}", headers={"Accept": "application/zip"}
+        ).status_code
+        == 406
+    )
