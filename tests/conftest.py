@@ -150,6 +150,7 @@ def free_port() -> int:
 @contextmanager
 def serve_gateway(workdir: Path, **settings: str) -> Iterator[str]:
     """`gateway serve` under uvicorn in a child process; yields its base URL."""
+    workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}

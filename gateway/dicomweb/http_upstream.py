@@ -58,9 +58,8 @@ class HttpUpstream:
             timeout=httpx.Timeout(timeout[1], connect=timeout[0]),
             limits=httpx.Limits(max_connections=concurrency),
             auth=_httpx_auth(self._session),
-            headers={
-                k: str(v) for k, v in self._session.headers.items() if k.lower() == "authorization"
-            },
+            # Identity encoding: the body is relayed raw, so it must not arrive compressed.
+            headers={"Accept-Encoding": "identity", **_auth_headers(self._session)},
         )
 
     @classmethod
@@ -171,7 +170,8 @@ class HttpUpstream:
             await response.aclose()
             raise _retrieve_error(response.status_code, accept)
         media_type = response.headers.get("content-type", "application/octet-stream")
-        return Retrieved(media_type, response.aiter_bytes(1 << 16), response.aclose)
+        # Relayed as received: re-chunking would copy every byte once more.
+        return Retrieved(media_type, response.aiter_raw(), response.aclose)
 
     async def check(self) -> None:
         await self._call(lambda: self._client.search_for_studies(limit=1))
@@ -179,6 +179,10 @@ class HttpUpstream:
     async def aclose(self) -> None:
         self._session.close()
         await self._http.aclose()
+
+
+def _auth_headers(session: requests.Session) -> dict[str, str]:
+    return {k: str(v) for k, v in session.headers.items() if k.lower() == "authorization"}
 
 
 def _httpx_auth(session: requests.Session) -> httpx.BasicAuth | None:
