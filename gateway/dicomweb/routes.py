@@ -1,4 +1,4 @@
-"""``/dicomweb``: QIDO-RS (PS3.18 10.6) and WADO-RS retrieval (10.4) in front of the archive.
+"""``/dicomweb``: QIDO-RS (PS3.18 10.6), WADO-RS retrieval (10.4) and STOW-RS (10.5).
 
 Every query is narrowed by the request's visibility (gateway.access) and every
 result re-checked before it is returned.
@@ -12,7 +12,9 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 
+import anyio
 import orjson
+from pydicom import Dataset
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
@@ -20,10 +22,11 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.access import CHECK_FIELDS, Visibility
 from gateway.dicomweb import dicomjson as dj
-from gateway.dicomweb import qido
+from gateway.dicomweb import qido, stow
 from gateway.dicomweb.dicomjson import DicomJson
 from gateway.dicomweb.matching import matches, vr_of
-from gateway.errors import GatewayError, NotAcceptable, NotFound
+from gateway.dicomweb.upstream import StoreResult
+from gateway.errors import GatewayError, NotAcceptable, NotFound, UpstreamBadResponse
 from gateway.services import Services
 
 logger = logging.getLogger(__name__)
@@ -185,9 +188,66 @@ def wado_endpoint(metadata: bool) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
+STORE_BATCH = 16
+
+
+@dicomweb_endpoint
+async def store_instances(request: Request, services: Services) -> Response:
+    """STOW-RS: 200 all stored, 202 some failed, 409 none stored (PS3.18 10.5.3)."""
+    boundary = stow.boundary_of(request.headers.get("content-type", ""))
+    limit = services.settings.stow_max_bytes
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise stow.PayloadTooLarge(f"The upload exceeds the limit of {limit} bytes.")
+    expected = request.path_params.get("study")
+    if expected:
+        qido.check_uid("StudyInstanceUID", expected)
+    body = await stow.spool(request.stream(), limit)
+    outcome = stow.Outcome()
+    batch: list[Dataset] = []
+
+    async def flush() -> None:
+        if not batch:
+            return
+        try:
+            result = await services.upstream.store_instances(list(batch))
+        except UpstreamBadResponse:
+            result = StoreResult(failed={str(ds.SOPInstanceUID): "refused" for ds in batch})
+        for dataset in batch:
+            uid = str(dataset.SOPInstanceUID)
+            if uid in result.failed:
+                outcome.failed.append((str(dataset.SOPClassUID), uid, stow.PROCESSING_FAILURE))
+            else:
+                outcome.stored.append(dataset)
+        batch.clear()
+
+    try:
+        ranges = await anyio.to_thread.run_sync(stow.part_ranges, body, boundary)
+        for start, end in ranges:
+            headers, content = await anyio.to_thread.run_sync(stow.read_part, body, start, end)
+            dataset = await anyio.to_thread.run_sync(stow.parse_instance, headers, content)
+            if dataset is None:
+                outcome.failed.append(("", "", stow.CANNOT_UNDERSTAND))
+            elif expected and str(dataset.get("StudyInstanceUID", "")) != expected:
+                outcome.failed.append(
+                    (str(dataset.SOPClassUID), str(dataset.SOPInstanceUID), stow.WRONG_STUDY)
+                )
+            else:
+                batch.append(dataset)
+                if len(batch) >= STORE_BATCH:
+                    await flush()
+        await flush()
+    finally:
+        body.close()
+    payload = stow.response_json(outcome, services.settings.dicomweb_base_url)
+    return Response(orjson.dumps(payload), status_code=outcome.status, media_type=DICOM_JSON)
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/studies", qido_endpoint("study"), methods=["GET"]),
+        Route("/studies", store_instances, methods=["POST"]),
+        Route("/studies/{study}", store_instances, methods=["POST"]),
         Route("/series", qido_endpoint("series"), methods=["GET"]),
         Route("/instances", qido_endpoint("instance"), methods=["GET"]),
         Route("/studies/{study}/series", qido_endpoint("series"), methods=["GET"]),

@@ -1,0 +1,185 @@
+"""STOW-RS (PS3.18 10.5): spool the body, split the multipart, store, answer.
+
+The request body is spooled to disk as it arrives (at most ``limit`` bytes,
+else 413), so a large upload never sits in memory. Part boundaries are found
+by scanning the spool in chunks, and each part is read when it is stored.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import IO, Any
+
+import anyio
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+
+from gateway.dicomweb.dicomjson import element, tag
+from gateway.errors import BadRequest, GatewayError
+
+SCAN = 1 << 20
+IN_MEMORY = 1 << 20
+# FailureReason values (PS3.4 Annex B / PS3.18 10.5.3).
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+WRONG_STUDY = 0xA900
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    code = "too-costly"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    code = "not-supported"
+
+
+@dataclass
+class Outcome:
+    stored: list[Dataset] = field(default_factory=list)
+    failed: list[tuple[str, str, int]] = field(default_factory=list)  # class, instance, reason
+
+    @property
+    def status(self) -> int:
+        if not self.failed:
+            return 200
+        return 202 if self.stored else 409
+
+
+def boundary_of(content_type: str) -> str:
+    media = content_type.split(";")[0].strip().lower()
+    if media != "multipart/related":
+        raise UnsupportedMediaType('STOW-RS takes multipart/related; type="application/dicom".')
+    kind = re.search(r'type\s*=\s*"?([^";]+)"?', content_type)
+    if kind and kind.group(1).strip().lower() != "application/dicom":
+        raise UnsupportedMediaType(
+            f"Parts of type {kind.group(1).strip()} are not supported; use application/dicom."
+        )
+    found = re.search(r'boundary\s*=\s*"?([^";]+)"?', content_type)
+    if not found or not found.group(1).strip():
+        raise BadRequest("The multipart body has no boundary parameter.")
+    return found.group(1).strip()
+
+
+async def spool(chunks: AsyncIterator[bytes], limit: int) -> IO[bytes]:
+    """The body in a temporary file (memory up to 1 MiB, then disk); 413 past ``limit``."""
+    spooled: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=IN_MEMORY)
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            spooled.close()
+            raise PayloadTooLarge(f"The upload exceeds the limit of {limit} bytes.")
+        await anyio.to_thread.run_sync(spooled.write, chunk)
+    spooled.seek(0)
+    return spooled
+
+
+def part_ranges(body: IO[bytes], boundary: str) -> list[tuple[int, int]]:
+    """(start, end) of each part, headers included (RFC 2046); 400 when truncated."""
+    dash_boundary = b"--" + boundary.encode("latin-1")
+    marker = b"\r\n" + dash_boundary  # every delimiter but a leading one follows a CRLF
+    found: list[int] = []
+    body.seek(0)
+    if body.read(len(dash_boundary)) == dash_boundary:
+        found.append(0)
+    body.seek(0)
+    offset, tail = 0, b""
+    while chunk := body.read(SCAN):
+        window = tail + chunk
+        base = offset - len(tail)
+        at = window.find(marker)
+        while at != -1:
+            found.append(base + at + 2)
+            at = window.find(marker, at + 1)
+        offset += len(chunk)
+        tail = window[-(len(marker) - 1) :]  # too short to hold a whole marker twice
+    closing = next((i for i, at in enumerate(found) if _closes(body, at, dash_boundary)), None)
+    if closing is None:
+        raise BadRequest("The multipart body is truncated (no closing delimiter).")
+    ranges = []
+    for current, following in itertools.pairwise(found[: closing + 1]):
+        body.seek(current + len(dash_boundary))
+        start = current + len(dash_boundary) + len(body.readline())  # skip padding + CRLF
+        ranges.append((start, following - 2))
+    if not ranges:
+        raise BadRequest("The multipart body has no parts.")
+    return ranges
+
+
+def _closes(body: IO[bytes], at: int, dash_boundary: bytes) -> bool:
+    body.seek(at + len(dash_boundary))
+    return body.read(2) == b"--"
+
+
+def read_part(body: IO[bytes], start: int, end: int) -> tuple[dict[str, str], bytes]:
+    body.seek(start)
+    raw = body.read(max(0, end - start))
+    head, separator, content = raw.partition(b"\r\n\r\n")
+    if not separator:
+        return {}, raw
+    headers = {}
+    for line in head.decode("latin-1").split("\r\n"):
+        name, _, value = line.partition(":")
+        if name.strip():
+            headers[name.strip().lower()] = value.strip()
+    return headers, content
+
+
+def parse_instance(headers: dict[str, str], content: bytes) -> Dataset | None:
+    kind = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
+    if kind != "application/dicom":
+        return None
+    try:
+        dataset = dcmread(BytesIO(content))
+    except (InvalidDicomError, ValueError, EOFError, AttributeError, KeyError):
+        return None
+    if "SOPInstanceUID" not in dataset or "SOPClassUID" not in dataset:
+        return None
+    return dataset
+
+
+def response_json(outcome: Outcome, wado_base: str) -> dict[str, Any]:
+    def retrieve_url(ds: Dataset) -> str:
+        return (
+            f"{wado_base}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}"
+        )
+
+    result: dict[str, Any] = {}
+    studies = {str(ds.StudyInstanceUID) for ds in outcome.stored}
+    if len(studies) == 1:
+        result[tag("RetrieveURL")] = element("UR", f"{wado_base}/studies/{studies.pop()}")
+    if outcome.failed:
+        result[tag("FailedSOPSequence")] = element(
+            "SQ",
+            *(
+                {
+                    tag("ReferencedSOPClassUID"): element("UI", sop_class)
+                    if sop_class
+                    else element("UI"),
+                    tag("ReferencedSOPInstanceUID"): element("UI", uid) if uid else element("UI"),
+                    tag("FailureReason"): element("US", reason),
+                }
+                for sop_class, uid, reason in outcome.failed
+            ),
+        )
+    if outcome.stored:
+        result[tag("ReferencedSOPSequence")] = element(
+            "SQ",
+            *(
+                {
+                    tag("ReferencedSOPClassUID"): element("UI", str(ds.SOPClassUID)),
+                    tag("ReferencedSOPInstanceUID"): element("UI", str(ds.SOPInstanceUID)),
+                    tag("RetrieveURL"): element("UR", retrieve_url(ds)),
+                }
+                for ds in outcome.stored
+            ),
+        )
+    return result
