@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import TypeVar
 
@@ -178,6 +179,10 @@ class FileStoreUpstream:
 
     async def store_instances(self, datasets: Sequence[Dataset]) -> StoreResult:
         return await self._run(lambda: self._store(datasets))
+
+    async def store_encoded(self, parts: Sequence[bytes]) -> StoreResult:
+        # DICOMfileClient stores datasets, so the embedded store decodes them here.
+        return await self._run(lambda: self._store([dcmread(BytesIO(part)) for part in parts]))
 
     # -- WADO ------------------------------------------------------------------
 

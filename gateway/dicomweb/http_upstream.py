@@ -8,6 +8,7 @@ queues requests instead of exhausting threads.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -156,6 +157,37 @@ class HttpUpstream:
         response = await self._call(run)
         return parse_store_response(response, datasets)
 
+    async def store_encoded(self, parts: Sequence[bytes]) -> StoreResult:
+        boundary = secrets.token_hex(16)
+        body = (
+            b"".join(
+                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
+                for part in parts
+            )
+            + f"--{boundary}--\r\n".encode()
+        )
+        headers = {
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json",
+        }
+        try:
+            response = await self._http.post(f"{self.url}/studies", content=body, headers=headers)
+        except httpx.ConnectTimeout:
+            raise UpstreamUnavailable("The image archive did not accept a connection.") from None
+        except httpx.TimeoutException:
+            raise UpstreamTimeout("The image archive did not answer in time.") from None
+        except httpx.TransportError:
+            raise UpstreamUnavailable("The image archive is unreachable.") from None
+        if response.status_code not in (200, 202, 409):
+            raise _retrieve_error(response.status_code, "")
+        try:
+            answer = response.json() if response.content else {}
+        except ValueError:
+            raise UpstreamBadResponse("The image archive sent an unreadable STOW answer.") from None
+        if isinstance(answer, list):
+            answer = answer[0] if answer else {}
+        return _store_result(answer)
+
     async def retrieve(self, path: str, accept: str) -> Retrieved:
         request = self._http.build_request("GET", f"{self.url}/{path}", headers={"Accept": accept})
         try:
@@ -208,11 +240,14 @@ def _retrieve_error(status: int, accept: str) -> Exception:
 
 def parse_store_response(response: Any, datasets: Sequence[Dataset]) -> StoreResult:
     """Read a PS3.18 STOW response (a pydicom Dataset from dicomweb-client)."""
-    result = StoreResult()
     if not isinstance(response, Dataset):
-        result.stored = [str(ds.SOPInstanceUID) for ds in datasets]
-        return result
-    as_json = response.to_json_dict()
+        return StoreResult(stored=[str(ds.SOPInstanceUID) for ds in datasets])
+    return _store_result(response.to_json_dict())
+
+
+def _store_result(as_json: dict[str, Any]) -> StoreResult:
+    """Referenced and failed SOP instances of a STOW answer in DICOM JSON."""
+    result = StoreResult()
     for item in as_json.get("00081199", {}).get("Value", []):
         uid = text(item, "ReferencedSOPInstanceUID")
         if uid:

@@ -188,9 +188,6 @@ def wado_endpoint(metadata: bool) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
-STORE_BATCH = 16
-
-
 @dicomweb_endpoint
 async def store_instances(request: Request, services: Services) -> Response:
     """STOW-RS: 200 all stored, 202 some failed, 409 none stored (PS3.18 10.5.3)."""
@@ -204,18 +201,22 @@ async def store_instances(request: Request, services: Services) -> Response:
         qido.check_uid("StudyInstanceUID", expected)
     body = await stow.spool(request.stream(), limit)
     outcome = stow.Outcome()
-    batch: list[Dataset] = []
+    batch: list[tuple[Dataset, bytes]] = []
 
     async def flush() -> None:
         if not batch:
             return
         try:
-            result = await services.upstream.store_instances(list(batch))
+            result = await services.upstream.store_encoded([raw for _, raw in batch])
         except UpstreamBadResponse:
-            result = StoreResult(failed={str(ds.SOPInstanceUID): "refused" for ds in batch})
-        for dataset in batch:
+            result = StoreResult(failed={str(ds.SOPInstanceUID): "refused" for ds, _ in batch})
+        # Stored means listed as stored; only an archive that names nothing at all
+        # (a bare 200) is taken at its word for the whole batch.
+        named = bool(result.stored or result.failed)
+        stored = set(result.stored)
+        for dataset, _ in batch:
             uid = str(dataset.SOPInstanceUID)
-            if uid in result.failed:
+            if named and uid not in stored:
                 outcome.failed.append((str(dataset.SOPClassUID), uid, stow.PROCESSING_FAILURE))
             else:
                 outcome.stored.append(dataset)
@@ -223,20 +224,20 @@ async def store_instances(request: Request, services: Services) -> Response:
 
     try:
         ranges = await anyio.to_thread.run_sync(stow.part_ranges, body, boundary)
-        for start, end in ranges:
-            headers, content = await anyio.to_thread.run_sync(stow.read_part, body, start, end)
-            dataset = await anyio.to_thread.run_sync(stow.parse_instance, headers, content)
-            if dataset is None:
-                outcome.failed.append(("", "", stow.CANNOT_UNDERSTAND))
-            elif expected and str(dataset.get("StudyInstanceUID", "")) != expected:
-                outcome.failed.append(
-                    (str(dataset.SOPClassUID), str(dataset.SOPInstanceUID), stow.WRONG_STUDY)
-                )
-            else:
-                batch.append(dataset)
-                if len(batch) >= STORE_BATCH:
-                    await flush()
-        await flush()
+        while ranges:
+            parts, taken = await anyio.to_thread.run_sync(stow.read_group, body, ranges)
+            ranges = ranges[taken:]
+            for part in parts:
+                dataset = part.dataset
+                if dataset is None:
+                    outcome.failed.append(("", "", stow.CANNOT_UNDERSTAND))
+                elif expected and str(dataset.get("StudyInstanceUID", "")) != expected:
+                    outcome.failed.append(
+                        (str(dataset.SOPClassUID), str(dataset.SOPInstanceUID), stow.WRONG_STUDY)
+                    )
+                else:
+                    batch.append((dataset, part.content))
+            await flush()
     finally:
         body.close()
     payload = stow.response_json(outcome, services.settings.dicomweb_base_url)

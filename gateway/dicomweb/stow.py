@@ -24,6 +24,11 @@ from gateway.errors import BadRequest, GatewayError
 
 SCAN = 1 << 20
 IN_MEMORY = 1 << 20
+WRITE_BATCH = 1 << 20
+# Instances go to the archive in groups: one upstream request per group, memory
+# bounded by the group's size.
+GROUP_BYTES = 16 << 20
+GROUP_PARTS = 500
 # FailureReason values (PS3.4 Annex B / PS3.18 10.5.3).
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
@@ -132,17 +137,37 @@ def read_part(body: IO[bytes], start: int, end: int) -> tuple[dict[str, str], by
     return headers, content
 
 
-def parse_instance(headers: dict[str, str], content: bytes) -> Dataset | None:
+def inspect_instance(headers: dict[str, str], content: bytes) -> Dataset | None:
+    """The header of a part (pixels left unread), or None when it is not DICOM Part 10."""
     kind = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
     if kind != "application/dicom":
         return None
     try:
-        dataset = dcmread(BytesIO(content))
+        dataset = dcmread(BytesIO(content), stop_before_pixels=True)
     except (InvalidDicomError, ValueError, EOFError, AttributeError, KeyError):
         return None
     if "SOPInstanceUID" not in dataset or "SOPClassUID" not in dataset:
         return None
     return dataset
+
+
+@dataclass
+class Part:
+    dataset: Dataset | None  # the header, or None when the part is not DICOM Part 10
+    content: bytes
+
+
+def read_group(body: IO[bytes], ranges: list[tuple[int, int]]) -> tuple[list[Part], int]:
+    """Parts from the front of ``ranges`` up to the group limits; and how many were taken."""
+    parts: list[Part] = []
+    size = 0
+    for start, end in ranges:
+        if parts and (size + end - start > GROUP_BYTES or len(parts) >= GROUP_PARTS):
+            break
+        headers, content = read_part(body, start, end)
+        parts.append(Part(inspect_instance(headers, content), content))
+        size += end - start
+    return parts, len(parts)
 
 
 def response_json(outcome: Outcome, wado_base: str) -> dict[str, Any]:

@@ -54,6 +54,10 @@ class Upstream(Protocol):
 
     async def store_instances(self, datasets: Sequence[Dataset]) -> StoreResult: ...
 
+    async def store_encoded(self, parts: Sequence[bytes]) -> StoreResult:
+        """Store DICOM Part 10 files as they are (no decoding and re-encoding);
+        the result names instances by SOP Instance UID."""
+
     async def retrieve(self, path: str, accept: str) -> Retrieved:
         """WADO-RS ``path`` (``studies/{uid}[/series/{uid}[/instances/{uid}]][/metadata]``),
         streamed; raises NotFound, NotAcceptable or an UpstreamError."""
