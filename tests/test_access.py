@@ -145,3 +145,14 @@ def test_wado_by_guessed_uids_is_404(restricted, catalog) -> None:
     # A visible study UID in the path cannot be combined with another patient's series.
     leak = f"/dicomweb/studies/{mine}/series/{series}"
     assert restricted.get(leak).status_code == 404
+
+
+def test_rendering_another_patients_instance_is_404(restricted, catalog) -> None:
+    _, other = own_and_other(catalog)
+    listed = restricted.get(f"/dicomweb/instances?StudyInstanceUID={other.uid}")
+    assert listed.status_code == 204  # not even listed
+    series = sorted(other.series)[0]
+    instance = str(other.first.SOPInstanceUID)
+    base = f"/dicomweb/studies/{other.uid}/series/{series}/instances/{instance}"
+    for suffix in ("rendered", "thumbnail", "frames/1/rendered"):
+        assert restricted.get(f"{base}/{suffix}").status_code == 404, suffix

@@ -11,10 +11,12 @@ import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from io import BytesIO
 
 import anyio
 import orjson
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
@@ -22,11 +24,17 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.access import CHECK_FIELDS, Visibility
 from gateway.dicomweb import dicomjson as dj
-from gateway.dicomweb import qido, stow
+from gateway.dicomweb import qido, rendering, stow
 from gateway.dicomweb.dicomjson import DicomJson
 from gateway.dicomweb.matching import matches, vr_of
 from gateway.dicomweb.upstream import StoreResult
-from gateway.errors import GatewayError, NotAcceptable, NotFound, UpstreamBadResponse
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    NotAcceptable,
+    NotFound,
+    UpstreamBadResponse,
+)
 from gateway.services import Services
 
 logger = logging.getLogger(__name__)
@@ -244,6 +252,72 @@ async def store_instances(request: Request, services: Services) -> Response:
     return Response(orjson.dumps(payload), status_code=outcome.status, media_type=DICOM_JSON)
 
 
+MAX_RENDER_BYTES = 512 << 20
+
+
+async def fetch_instance(services: Services, study: str, series: str, instance: str) -> Dataset:
+    """One instance, whole: rendering needs its pixels (bounded by MAX_RENDER_BYTES)."""
+    path = f"studies/{study}/series/{series}/instances/{instance}"
+    retrieved = await services.upstream.retrieve(path, MULTIPART_DICOM)
+    body = bytearray()
+    try:
+        async for chunk in retrieved.chunks:
+            body += chunk
+            if len(body) > MAX_RENDER_BYTES:
+                raise stow.PayloadTooLarge("The instance is too large to render here.")
+    finally:
+        await retrieved.close()
+    boundary = stow.boundary_of(retrieved.media_type)
+
+    def decode() -> Dataset:
+        stream = BytesIO(bytes(body))
+        ranges = stow.part_ranges(stream, boundary)
+        _, content = stow.read_part(stream, *ranges[0])
+        return dcmread(BytesIO(content))
+
+    try:
+        return await anyio.to_thread.run_sync(decode)
+    except (GatewayError, InvalidDicomError, ValueError, EOFError):
+        raise UpstreamBadResponse("The archive sent an instance that cannot be read.") from None
+
+
+def rendered_endpoint(thumbnail: bool) -> Callable[[Request], Awaitable[Response]]:
+    @dicomweb_endpoint
+    async def endpoint(request: Request, services: Services) -> Response:
+        media_type = rendering.choose_media_type(request.headers.get("accept", ""))
+        window = rendering.parse_window(request.query_params.get("window"))
+        quality_text = request.query_params.get("quality", "90")
+        if not quality_text.isdigit() or not 1 <= int(quality_text) <= 100:
+            raise BadRequest("quality must be a whole number from 1 to 100.")
+        uids = [
+            qido.check_uid(key, request.path_params[name])
+            for name, key in (
+                ("study", "StudyInstanceUID"),
+                ("series", "SeriesInstanceUID"),
+                ("instance", "SOPInstanceUID"),
+            )
+        ]
+        frame_text = request.path_params.get("frame", "1")
+        if not rendering.FRAME_LIST.fullmatch(frame_text):
+            raise BadRequest(f"'{frame_text[:40]}' is not a frame number (1, 2, ...).")
+        visibility = await services.policy.visibility(request)
+        await ensure_visible(services, visibility, uids[0])
+        dataset = await fetch_instance(services, *uids)
+        image = await anyio.to_thread.run_sync(
+            lambda: rendering.render(
+                dataset,
+                int(frame_text),
+                media_type,
+                window,
+                rendering.THUMBNAIL_EDGE if thumbnail else None,
+                int(quality_text),
+            )
+        )
+        return Response(image, media_type=media_type)
+
+    return endpoint
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/studies", qido_endpoint("study"), methods=["GET"]),
@@ -270,6 +344,21 @@ def routes() -> list[BaseRoute]:
         Route(
             "/studies/{study}/series/{series}/instances/{instance}/metadata",
             wado_endpoint(True),
+            methods=["GET"],
+        ),
+        Route(
+            "/studies/{study}/series/{series}/instances/{instance}/rendered",
+            rendered_endpoint(False),
+            methods=["GET"],
+        ),
+        Route(
+            "/studies/{study}/series/{series}/instances/{instance}/thumbnail",
+            rendered_endpoint(True),
+            methods=["GET"],
+        ),
+        Route(
+            "/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/rendered",
+            rendered_endpoint(False),
             methods=["GET"],
         ),
     ]
