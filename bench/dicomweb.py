@@ -13,7 +13,8 @@ Then stores --stow-instances small CT instances (128x128, 16-bit) with STOW-RS
 in requests of 50, through the gateway and directly, each into a fresh study,
 and reports instances per second and their ratio (target >= 0.8).
 
-Still to come (with the feature): the rendered-PNG latency.
+Last, renders one 512x512 CT frame of the large study as PNG through the
+gateway --render-requests times and reports the p50 and p95 latency.
 """
 
 from __future__ import annotations
@@ -116,6 +117,26 @@ def stow_rate(client: httpx.Client, url: str, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
+def render_latency(client: httpx.Client, base: str, study: str, requests: int) -> list[float]:
+    """Milliseconds per PNG rendering of one 512x512 CT frame through the gateway."""
+    first = client.get(
+        f"{base}/dicomweb/studies/{study}/instances",
+        params={"InstanceNumber": "1"},
+        headers={"Accept": "application/dicom+json"},
+    ).json()[0]
+    series, instance = first["0020000E"]["Value"][0], first["00080018"]["Value"][0]
+    url = f"{base}/dicomweb/studies/{study}/series/{series}/instances/{instance}/rendered"
+    timings = []
+    for number in range(requests + 5):
+        started = time.perf_counter()
+        response = client.get(url, headers={"Accept": "image/png"})
+        elapsed = (time.perf_counter() - started) * 1000
+        response.raise_for_status()
+        if number >= 5:
+            timings.append(elapsed)
+    return timings
+
+
 def upload(http_url: str, folder: Path) -> None:
     with httpx.Client(timeout=60) as client:
         for path in sorted(folder.iterdir()):
@@ -144,6 +165,7 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=520)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--stow-instances", type=int, default=1000)
+    parser.add_argument("--render-requests", type=int, default=50)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
@@ -172,6 +194,7 @@ def main() -> None:
                             sizes[name] = size
                             results[name].append(size / seconds / 1e6)
                     peak = rss_kib(pid, "VmHWM")
+                    render_ms = render_latency(client, base, study, args.render_requests)
                     stow_direct = stow_rate(
                         client, f"{orthanc.dicomweb_url}/studies", args.stow_instances
                     )
@@ -186,6 +209,8 @@ def main() -> None:
         "gateway_rss_baseline_MB": round(baseline / 1024, 1),
         "gateway_peak_rss_growth_MB": round((peak - baseline) / 1024, 1),
         "rounds": args.rounds,
+        "rendered_png_512_p50_ms": round(statistics.median(render_ms), 1),
+        "rendered_png_512_p95_ms": round(sorted(render_ms)[int(0.95 * (len(render_ms) - 1))], 1),
         "stow_instances": args.stow_instances,
         "stow_direct_per_s": round(stow_direct, 1),
         "stow_gateway_per_s": round(stow_gateway, 1),
