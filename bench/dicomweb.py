@@ -46,6 +46,23 @@ ACCEPT = {"Accept": 'multipart/related; type="application/dicom"'}
 FRAME_BYTES = 512 * 512 * 2
 
 
+def ct_instance(study: str, series: str, number: int, edge: int, pixels: bytes) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.PatientID, ds.PatientName, ds.Modality = "BENCH-DICOMWEB", "Bench^Dicomweb", "CT"
+    ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "20260101", 1, number + 1
+    ds.Rows = ds.Columns = edge
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
 def write_study(folder: Path, megabytes: int) -> tuple[str, int]:
     """One CT study of 512x512 16-bit instances adding up to about ``megabytes``."""
     count = max(1, megabytes * 1024 * 1024 // FRAME_BYTES)
@@ -54,19 +71,7 @@ def write_study(folder: Path, megabytes: int) -> tuple[str, int]:
     pixels = rng.integers(0, 4096, (512, 512), dtype=np.uint16).tobytes()
     folder.mkdir(parents=True, exist_ok=True)
     for number in range(count):
-        ds = Dataset()
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.PatientID, ds.PatientName, ds.Modality = "BENCH-WADO", "Bench^Wado", "CT"
-        ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "20260101", 1, number + 1
-        ds.Rows = ds.Columns = 512
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = pixels
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = ct_instance(study, series, number, 512, pixels)
         ds.save_as(folder / f"{number:05d}.dcm", enforce_file_format=True)
     return study, count
 
@@ -80,18 +85,7 @@ def stow_payloads(count: int, per_request: int = 50) -> list[tuple[str, bytes]]:
         boundary = generate_uid()
         parts = []
         for number in range(first, min(count, first + per_request)):
-            ds = Dataset()
-            ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-            ds.PatientID, ds.Modality, ds.InstanceNumber = "BENCH-STOW", "CT", number + 1
-            ds.Rows = ds.Columns = 128
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-            ds.PixelData = pixels
-            ds.file_meta = FileMetaDataset()
-            ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = ct_instance(study, series, number, 128, pixels)
             buffer = io.BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
             parts.append(

@@ -37,6 +37,16 @@ class NotAcceptable(GatewayError):
     code = "not-supported"
 
 
+class PayloadTooLarge(GatewayError):
+    status = 413
+    code = "too-costly"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    code = "not-supported"
+
+
 class UpstreamError(GatewayError):
     """The PACS misbehaved. Subclasses say how; messages never echo its body."""
 

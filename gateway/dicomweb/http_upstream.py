@@ -170,14 +170,10 @@ class HttpUpstream:
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
             "Accept": "application/dicom+json",
         }
-        try:
-            response = await self._http.post(f"{self.url}/studies", content=body, headers=headers)
-        except httpx.ConnectTimeout:
-            raise UpstreamUnavailable("The image archive did not accept a connection.") from None
-        except httpx.TimeoutException:
-            raise UpstreamTimeout("The image archive did not answer in time.") from None
-        except httpx.TransportError:
-            raise UpstreamUnavailable("The image archive is unreachable.") from None
+        request = self._http.build_request(
+            "POST", f"{self.url}/studies", content=body, headers=headers
+        )
+        response = await self._send(request, stream=False)
         if response.status_code not in (200, 202, 409):
             raise _retrieve_error(response.status_code, "")
         try:
@@ -190,20 +186,23 @@ class HttpUpstream:
 
     async def retrieve(self, path: str, accept: str) -> Retrieved:
         request = self._http.build_request("GET", f"{self.url}/{path}", headers={"Accept": accept})
-        try:
-            response = await self._http.send(request, stream=True)
-        except httpx.ConnectTimeout:
-            raise UpstreamUnavailable("The image archive did not accept a connection.") from None
-        except httpx.TimeoutException:
-            raise UpstreamTimeout("The image archive did not answer in time.") from None
-        except httpx.TransportError:
-            raise UpstreamUnavailable("The image archive is unreachable.") from None
+        response = await self._send(request, stream=True)
         if response.status_code >= 400:
             await response.aclose()
             raise _retrieve_error(response.status_code, accept)
         media_type = response.headers.get("content-type", "application/octet-stream")
         # Relayed as received: re-chunking would copy every byte once more.
         return Retrieved(media_type, response.aiter_raw(), response.aclose)
+
+    async def _send(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
+        try:
+            return await self._http.send(request, stream=stream)
+        except httpx.ConnectTimeout:
+            raise UpstreamUnavailable("The image archive did not accept a connection.") from None
+        except httpx.TimeoutException:
+            raise UpstreamTimeout("The image archive did not answer in time.") from None
+        except httpx.TransportError:
+            raise UpstreamUnavailable("The image archive is unreachable.") from None
 
     async def check(self) -> None:
         await self._call(lambda: self._client.search_for_studies(limit=1))

@@ -33,6 +33,7 @@ from gateway.errors import (
     GatewayError,
     NotAcceptable,
     NotFound,
+    PayloadTooLarge,
     UpstreamBadResponse,
 )
 from gateway.services import Services
@@ -203,7 +204,7 @@ async def store_instances(request: Request, services: Services) -> Response:
     limit = services.settings.stow_max_bytes
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
-        raise stow.PayloadTooLarge(f"The upload exceeds the limit of {limit} bytes.")
+        raise PayloadTooLarge(f"The upload exceeds the limit of {limit} bytes.")
     expected = request.path_params.get("study")
     if expected:
         qido.check_uid("StudyInstanceUID", expected)
@@ -264,7 +265,7 @@ async def fetch_instance(services: Services, study: str, series: str, instance: 
         async for chunk in retrieved.chunks:
             body += chunk
             if len(body) > MAX_RENDER_BYTES:
-                raise stow.PayloadTooLarge("The instance is too large to render here.")
+                raise PayloadTooLarge("The instance is too large to render here.")
     finally:
         await retrieved.close()
     boundary = stow.boundary_of(retrieved.media_type)

@@ -20,7 +20,7 @@ from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
 from gateway.dicomweb.dicomjson import element, tag
-from gateway.errors import BadRequest, GatewayError
+from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 SCAN = 1 << 20
 IN_MEMORY = 1 << 20
@@ -33,16 +33,6 @@ GROUP_PARTS = 500
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 WRONG_STUDY = 0xA900
-
-
-class PayloadTooLarge(GatewayError):
-    status = 413
-    code = "too-costly"
-
-
-class UnsupportedMediaType(GatewayError):
-    status = 415
-    code = "not-supported"
 
 
 @dataclass
