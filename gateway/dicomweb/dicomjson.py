@@ -6,12 +6,14 @@ DICOM JSON keys are eight upper-case hex digits; values always sit in a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 
 DicomJson = dict[str, Any]
+UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 # What the FHIR facade asks the PACS for at each QIDO level (PS3.18 table 10.6.1-5 and
 # the R4 ImagingStudy mapping). Patient attributes ride along on study results.
@@ -64,6 +66,11 @@ INSTANCE_FIELDS: tuple[str, ...] = (
     "ImageLaterality",
     "NumberOfFrames",
 )
+
+
+def is_uid(value: str) -> bool:
+    """A DICOM UID: digits and dots, at most 64 characters (PS3.5 9.1)."""
+    return len(value) <= 64 and UID.fullmatch(value) is not None
 
 
 def tag(keyword: str) -> str:

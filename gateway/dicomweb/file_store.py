@@ -47,8 +47,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
-INDEX_DB_NAME = ".dicom-file-client.db"
 # External tools may drop files into the folder; look again at most this often.
 RESCAN_SECONDS = 2.0
 CHUNK = 1 << 20
@@ -286,7 +284,7 @@ def _storage_problem(dataset: Dataset) -> str | None:
     for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         value = str(getattr(dataset, name, "") or "")
         # UIDs become path components: anything but digits and dots is refused.
-        if not value or len(value) > 64 or not UID_PATTERN.fullmatch(value):
+        if not dicomjson.is_uid(value):
             return f"{name} is missing or not a valid UID"
     if not getattr(dataset, "file_meta", None) or "TransferSyntaxUID" not in dataset.file_meta:
         return "no transfer syntax in the file meta information"

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-from gateway.dicomweb.dicomjson import person_name
+from gateway.dicomweb.dicomjson import is_uid, person_name
 
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 RANGE_VRS = frozenset({"DA", "TM", "DT"})
@@ -43,7 +43,7 @@ def validate(name: str, match_key: str) -> None:
         raise InvalidFilter(f"{name}: value too long")
     if vr == "UI":
         for uid in _split_list(match_key):
-            if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) or len(uid) > 64:
+            if not is_uid(uid):
                 raise InvalidFilter(f"{name}: {uid!r} is not a valid UID")
     elif vr in RANGE_VRS:
         low, high = _split_range(match_key, vr)

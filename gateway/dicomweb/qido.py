@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pydicom.datadict import keyword_for_tag
 from starlette.datastructures import QueryParams
 
+from gateway.dicomweb.dicomjson import is_uid
 from gateway.dicomweb.matching import InvalidFilter, validate
 from gateway.errors import BadRequest
 
-UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 TAG = re.compile(r"[0-9A-Fa-f]{8}")
 CONTROL = frozenset({"includefield", "fuzzymatching", "limit", "offset", "accept", "charset"})
 MAX_LIMIT = 10_000
@@ -28,7 +28,7 @@ class Query:
 
 def check_uid(name: str, value: str) -> str:
     """UIDs from the path go to the PACS: only digits and dots, at most 64 characters."""
-    if len(value) > 64 or not UID.fullmatch(value):
+    if not is_uid(value):
         raise BadRequest(f"{name} '{value[:80]}' is not a valid UID.")
     return value
 

@@ -11,14 +11,19 @@ they match.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from gateway.access import EVERYTHING, Visibility
 from gateway.dicomweb import dicomjson as dj
-from gateway.dicomweb.dicomjson import INSTANCE_FIELDS, SERIES_FIELDS, STUDY_FIELDS, DicomJson
+from gateway.dicomweb.dicomjson import (
+    INSTANCE_FIELDS,
+    SERIES_FIELDS,
+    STUDY_FIELDS,
+    DicomJson,
+    is_uid,
+)
 from gateway.dicomweb.upstream import Upstream
 from gateway.errors import BadRequest, NotFound
 from gateway.fhir import mapping, params, terminology
@@ -40,7 +45,6 @@ SEARCH_PARAMETERS: dict[str, tuple[str, str]] = {
 }
 INCLUDES = ("ImagingStudy:subject", "ImagingStudy:endpoint")
 UID_CHUNK = 50
-UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 STATUS_SYSTEM = "http://hl7.org/fhir/imagingstudy-status"
 
 
@@ -337,10 +341,6 @@ def _group(batches: Sequence[Sequence[DicomJson]], wanted: set[str]) -> dict[str
         if uid in wanted:
             grouped.setdefault(uid, []).append(item)
     return grouped
-
-
-def is_uid(value: str) -> bool:
-    return len(value) <= 64 and UID.fullmatch(value) is not None
 
 
 def _identifier_tokens(tokens: list[Token]) -> tuple[set[str], list[Token]]:
