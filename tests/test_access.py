@@ -154,5 +154,10 @@ def test_rendering_another_patients_instance_is_404(restricted, catalog) -> None
     series = sorted(other.series)[0]
     instance = str(other.first.SOPInstanceUID)
     base = f"/dicomweb/studies/{other.uid}/series/{series}/instances/{instance}"
-    for suffix in ("rendered", "thumbnail", "frames/1/rendered"):
+    for suffix in ("rendered", "thumbnail", "frames/1/rendered", "frames/1", "bulk/7FE00010"):
         assert restricted.get(f"{base}/{suffix}").status_code == 404, suffix
+    # Another patient's instance addressed under a study this patient may see.
+    mine = sorted(own_and_other(catalog)[0])[0]
+    mixed = f"/dicomweb/studies/{mine}/series/{series}/instances/{instance}"
+    for suffix in ("frames/1", "bulk/7FE00010", "metadata", "rendered"):
+        assert restricted.get(f"{mixed}/{suffix}").status_code == 404, suffix

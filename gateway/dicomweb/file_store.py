@@ -30,7 +30,8 @@ from dicomweb_client.file import DICOMfileClient
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
-from gateway.dicomweb import dicomjson
+from gateway.dicomweb import bulkdata, dicomjson
+from gateway.dicomweb.bulkdata import requested_transfer_syntax
 from gateway.dicomweb.dicomjson import (
     INSTANCE_FIELDS,
     SERIES_FIELDS,
@@ -50,6 +51,7 @@ BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 # External tools may drop files into the folder; look again at most this often.
 RESCAN_SECONDS = 2.0
 CHUNK = 1 << 20
+DEFER_BYTES = 64 << 10
 TRANSFER_SYNTAX = "00020010"
 
 
@@ -58,6 +60,8 @@ class _IndexedFile:
     mtime_ns: int
     size: int
     header: DicomJson
+    # (tag, VR) of the top-level binary elements, which metadata names by BulkDataURI.
+    bulk: tuple[tuple[str, str], ...] = ()
 
 
 def header_json(dataset: Dataset) -> DicomJson:
@@ -67,6 +71,12 @@ def header_json(dataset: Dataset) -> DicomJson:
         if data_element.VR not in BINARY_VRS:
             trimmed.add(data_element)
     return trimmed.to_json_dict(bulk_data_threshold=1 << 30, suppress_invalid_tags=True)
+
+
+def bulk_elements(dataset: Dataset) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (f"{element.tag:08X}", str(element.VR)) for element in dataset if element.VR in BINARY_VRS
+    )
 
 
 class FileStoreUpstream:
@@ -109,9 +119,9 @@ class FileStoreUpstream:
             if known and known.mtime_ns == stat.st_mtime_ns and known.size == stat.st_size:
                 seen[path] = known
                 continue
-            header = _read_header(path)
-            if header is not None:
-                seen[path] = _IndexedFile(stat.st_mtime_ns, stat.st_size, header)
+            indexed = _read_header(path, stat.st_mtime_ns, stat.st_size)
+            if indexed is not None:
+                seen[path] = indexed
         self._files = seen
         self._scanned_at = time.monotonic()
         self._stale = False
@@ -184,31 +194,32 @@ class FileStoreUpstream:
 
     # -- WADO ------------------------------------------------------------------
 
-    def _locate(self, uids: Sequence[str]) -> list[tuple[Path, DicomJson]]:
+    def _locate(self, uids: Sequence[str]) -> list[tuple[Path, _IndexedFile]]:
         self._refresh()
         keys = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
         found = [
-            (path, indexed.header)
+            (path, indexed)
             for path, indexed in self._files.items()
             if all(dicomjson.text(indexed.header, k) == v for k, v in zip(keys, uids, strict=False))
         ]
-        return sorted(found, key=lambda item: _instance_sort_key(item[1]))
+        return sorted(found, key=lambda item: _instance_sort_key(item[1].header))
 
     async def retrieve(self, path: str, accept: str) -> Retrieved:
         parts = path.split("/")
-        metadata = parts[-1] == "metadata"
-        uids = parts[1:-1:2] if metadata else parts[1::2]
+        # studies/{uid}[/series/{uid}[/instances/{uid}]] then metadata, frames/{list} or bulk/{tags}
+        uids = parts[1:6:2]
+        resource = parts[len(uids) * 2 :]
         located = await self._run(lambda: self._locate(uids))
         if not located:
             raise NotFound("Not found in the embedded store.")
-        if metadata:
-            body = orjson.dumps(
-                [{k: v for k, v in h.items() if not k.startswith("0002")} for _, h in located]
-            )
+        if resource == ["metadata"]:
+            body = orjson.dumps([_metadata(indexed) for _, indexed in located])
             return Retrieved("application/dicom+json", _once(body), _nothing)
-        wanted = _requested_transfer_syntax(accept)
+        if resource and resource[0] in ("frames", "bulk"):
+            return await self._run(lambda: _pixel_parts(located[0][0], resource, accept))
+        wanted = requested_transfer_syntax(accept)
         if wanted:
-            stored = {dicomjson.text(h, "TransferSyntaxUID") or "" for _, h in located}
+            stored = {dicomjson.text(i.header, "TransferSyntaxUID") or "" for _, i in located}
             if stored != {wanted}:
                 raise NotAcceptable(
                     f"The embedded store holds these instances as {', '.join(sorted(stored))} "
@@ -247,11 +258,45 @@ async def _nothing() -> None:
     return None
 
 
-def _requested_transfer_syntax(accept: str) -> str | None:
-    found = re.search(r"transfer-syntax\s*=\s*\"?([0-9.*]+)", accept)
-    if not found or found.group(1) == "*":
-        return None
-    return found.group(1)
+def _metadata(indexed: _IndexedFile) -> DicomJson:
+    header = {k: v for k, v in indexed.header.items() if not k.startswith("0002")}
+    study, series, instance = (
+        dicomjson.text(header, key) or ""
+        for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+    )
+    for bulk_tag, vr in indexed.bulk:
+        # Relative: the DICOMweb route points it at the gateway's public address.
+        uri = bulkdata.bulk_path(study, series, instance, bulk_tag)
+        header[bulk_tag] = {"vr": vr, "BulkDataURI": uri}
+    return dict(sorted(header.items()))
+
+
+def _pixel_parts(path: Path, resource: Sequence[str], accept: str) -> Retrieved:
+    """Frames or one bulk data element of the file at ``path``, as a multipart body."""
+    dataset = dcmread(path)
+    if resource[0] == "frames":
+        numbers = bulkdata.parse_frame_list(resource[1] if len(resource) > 1 else "")
+        values, syntax = bulkdata.frames_of(dataset, numbers, accept)
+    else:
+        tag_path = "/".join(resource[1:])
+        if (
+            tag_path.upper() == "7FE00010"
+            and bulkdata.is_encapsulated(dataset)
+            and "PixelData" in dataset
+        ):
+            count = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+            values, syntax = bulkdata.frames_of(dataset, range(1, count + 1), accept)
+        else:
+            values, syntax = [bulkdata.element_bytes(dataset, tag_path)], ""
+    part_type = "application/octet-stream" + (f"; transfer-syntax={syntax}" if syntax else "")
+    boundary = secrets.token_hex(16)
+    body = b"".join(
+        f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode() + value + b"\r\n"
+        for value in values
+    )
+    body += f"--{boundary}--\r\n".encode()
+    media_type = f'multipart/related; type="{part_type}"; boundary={boundary}'
+    return Retrieved(media_type, _once(body), _nothing)
 
 
 def _instance_sort_key(header: DicomJson) -> tuple[str, int, str]:
@@ -262,9 +307,10 @@ def _instance_sort_key(header: DicomJson) -> tuple[str, int, str]:
     )
 
 
-def _read_header(path: Path) -> DicomJson | None:
+def _read_header(path: Path, mtime_ns: int, size: int) -> _IndexedFile | None:
     try:
-        dataset = dcmread(path, stop_before_pixels=True)
+        # Large values (pixels) are skipped, not read: only their tag and VR are kept.
+        dataset = dcmread(path, defer_size=DEFER_BYTES)
     except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError):
         logger.debug("not a DICOM file, skipped: %s", path)
         return None
@@ -277,7 +323,7 @@ def _read_header(path: Path) -> DicomJson | None:
     if syntax:
         # Kept for transfer syntax negotiation; metadata answers leave it out.
         header[TRANSFER_SYNTAX] = element("UI", str(syntax))
-    return header
+    return _IndexedFile(mtime_ns, size, header, bulk_elements(dataset))
 
 
 def _storage_problem(dataset: Dataset) -> str | None:

@@ -71,3 +71,56 @@ def test_retrieval_errors(base_url: str, catalog) -> None:
         ).status_code
         == 406
     )
+
+
+def _instance_with_pixels(catalog, originals):
+    """A single-frame native instance from the fixtures, with its original file."""
+    for facts in catalog.values():
+        for series_uid in sorted(facts.series):
+            for path in originals.values():
+                dataset = dcmread(path)
+                if str(dataset.SeriesInstanceUID) == series_uid and "PixelData" in dataset:
+                    return dataset
+    raise AssertionError("no fixture instance with pixel data")
+
+
+def test_frames_through_dicomweb_client(base_url: str, catalog, originals) -> None:
+    original = _instance_with_pixels(catalog, originals)
+    client = DICOMwebClient(url=f"{base_url}/dicomweb")
+    uids = (
+        str(original.StudyInstanceUID),
+        str(original.SeriesInstanceUID),
+        str(original.SOPInstanceUID),
+    )
+    frames = client.retrieve_instance_frames(*uids, frame_numbers=[1])
+    assert frames == [original.PixelData]
+    url = f"{base_url}/dicomweb/studies/{uids[0]}/series/{uids[1]}/instances/{uids[2]}"
+    # A frame past the end: the embedded store says 404, Orthanc 400; never a 500.
+    assert httpx.get(f"{url}/frames/2").status_code in (400, 404)
+    assert httpx.get(f"{url}/frames/0").status_code == 400
+    assert httpx.get(f"{url}/frames/1,x").status_code == 400
+    refused = httpx.get(f"{url}/frames/1", headers={"Accept": "application/dicom+json"})
+    assert refused.status_code == 406
+
+
+def test_metadata_bulk_data_uris_lead_back_through_the_gateway(
+    base_url: str, catalog, originals
+) -> None:
+    original = _instance_with_pixels(catalog, originals)
+    client = DICOMwebClient(url=f"{base_url}/dicomweb")
+    uids = (
+        str(original.StudyInstanceUID),
+        str(original.SeriesInstanceUID),
+        str(original.SOPInstanceUID),
+    )
+    metadata = client.retrieve_instance_metadata(*uids)
+    uri = metadata["7FE00010"]["BulkDataURI"]
+    assert uri.startswith(f"{base_url}/dicomweb/studies/{uids[0]}/series/")
+    assert "/bulk/" in uri
+    (pixels,) = client.retrieve_bulkdata(uri)
+    assert pixels == original.PixelData
+    # A well-formed path to a tag the instance lacks, and a malformed tag path.
+    missing = uri.rsplit("/", 1)[0] + "/00091001"
+    assert httpx.get(missing).status_code == 404
+    assert httpx.get(uri.rsplit("/", 1)[0] + "/../../x").status_code in (400, 404)
+    assert httpx.get(uri.rsplit("/", 1)[0] + "/7FE0001Z").status_code == 400
