@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 from gateway.access import AccessPolicy, AllowEverything
 from gateway.dicomweb.upstream import Upstream, create_upstream
+from gateway.fhir.documents import DocumentReferenceService
 from gateway.fhir.mapping import MappingContext
 from gateway.fhir.patients import PatientService
 from gateway.fhir.studies import ImagingStudyService
@@ -26,6 +27,7 @@ class Services:
     mapping_context: MappingContext
     studies: ImagingStudyService
     patients: PatientService
+    documents: DocumentReferenceService
     policy: AccessPolicy = field(default_factory=AllowEverything)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -58,6 +60,13 @@ class Services:
                 cache=StudyDetailCache(settings.study_cache_seconds, settings.study_cache_size),
             ),
             patients=PatientService(upstream, index, settings.max_search_candidates),
+            documents=DocumentReferenceService(
+                upstream,
+                index,
+                context,
+                settings.fhir_base_url,
+                max_candidates=settings.max_search_candidates,
+            ),
             policy=policy or AllowEverything(),
         )
 

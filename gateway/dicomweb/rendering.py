@@ -43,15 +43,22 @@ def parse_window(value: str | None) -> Window | None:
     return Window(center, width, function)
 
 
-def choose_media_type(accept: str) -> str:
+def choose(accept: str, supported: tuple[str, ...]) -> str:
+    """The first of ``supported`` that ``accept`` allows, in the client's order; the
+    first supported type for an empty Accept or a wildcard."""
     if not accept.strip():
-        return "image/jpeg"
+        return supported[0]
     for offered in (p.split(";")[0].strip().lower() for p in accept.split(",")):
-        if offered in MEDIA_TYPES:
+        if offered in supported:
             return offered
-        if offered in ("*/*", "image/*"):
-            return "image/jpeg"
-    raise NotAcceptable("Rendered images are served as image/jpeg or image/png.")
+        if offered == "*/*" or any(offered == t.split("/")[0] + "/*" for t in supported):
+            major = offered.split("/")[0]
+            return next(t for t in supported if major == "*" or t.startswith(major + "/"))
+    raise NotAcceptable(f"This is served as {' or '.join(supported)}.")
+
+
+def choose_media_type(accept: str) -> str:
+    return choose(accept, tuple(MEDIA_TYPES))
 
 
 def render(

@@ -23,7 +23,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from gateway.access import CHECK_FIELDS, Visibility
-from gateway.dicomweb import bulkdata, qido, rendering, stow
+from gateway.dicomweb import bulkdata, instances, qido, rendering, reports, stow
 from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb.dicomjson import DicomJson
 from gateway.dicomweb.matching import matches, vr_of
@@ -309,39 +309,47 @@ async def store_instances(request: Request, services: Services) -> Response:
     return Response(orjson.dumps(payload), status_code=outcome.status, media_type=DICOM_JSON)
 
 
-MAX_RENDER_BYTES = 512 << 20
-
-
 async def fetch_instance(services: Services, study: str, series: str, instance: str) -> Dataset:
-    """One instance, whole: rendering needs its pixels (bounded by MAX_RENDER_BYTES)."""
-    path = f"studies/{study}/series/{series}/instances/{instance}"
-    retrieved = await services.upstream.retrieve(path, MULTIPART_DICOM)
-    body = bytearray()
+    """One instance, whole: rendering needs its pixels (capped in size)."""
+    content = await instances.part10(services.upstream, study, series, instance)
     try:
-        async for chunk in retrieved.chunks:
-            body += chunk
-            if len(body) > MAX_RENDER_BYTES:
-                raise PayloadTooLarge("The instance is too large to render here.")
-    finally:
-        await retrieved.close()
-    boundary = stow.boundary_of(retrieved.media_type)
-
-    def decode() -> Dataset:
-        stream = BytesIO(bytes(body))
-        ranges = stow.part_ranges(stream, boundary)
-        _, content = stow.read_part(stream, *ranges[0])
-        return dcmread(BytesIO(content))
-
-    try:
-        return await anyio.to_thread.run_sync(decode)
-    except (GatewayError, InvalidDicomError, ValueError, EOFError):
+        return await anyio.to_thread.run_sync(lambda: dcmread(BytesIO(content)))
+    except (InvalidDicomError, ValueError, EOFError):
         raise UpstreamBadResponse("The archive sent an instance that cannot be read.") from None
+
+
+def rendered_accept(request: Request) -> str:
+    """The Accept header, or the ``accept`` query parameter that overrides it (PS3.18 8.3.3.1)."""
+    return request.query_params.get("accept") or request.headers.get("accept", "")
+
+
+async def rendered_report(services: Services, uids: list[str], accept: str) -> Response:
+    """A structured report as HTML or text, from its metadata (as the FHIR size is)."""
+    media_type = rendering.choose(accept, ("text/html", "text/plain"))
+    path = "studies/{}/series/{}/instances/{}".format(*uids)
+    found = await instances.metadata(services.upstream, path)
+    if not found or reports.kind_of(found[0]) != "sr":
+        raise NotAcceptable("Only structured reports are rendered as text/html or text/plain.")
+    if media_type == "text/html":
+        return Response(reports.render_html(found[0]), media_type="text/html; charset=utf-8")
+    return Response(reports.render_text(found[0]), media_type="text/plain; charset=utf-8")
+
+
+def encapsulated_document(dataset: Dataset, accept: str) -> Response:
+    """An Encapsulated PDF (or CDA ...) rendered as the document it carries."""
+    mime = str(dataset.get("MIMETypeOfEncapsulatedDocument", "") or "application/pdf")
+    rendering.choose(accept, (mime,))
+    document = bytes(dataset.EncapsulatedDocument)
+    length = dataset.get("EncapsulatedDocumentLength")
+    if length and int(length) <= len(document):
+        document = document[: int(length)]  # drop the even-length padding
+    return Response(document, media_type=mime)
 
 
 def rendered_endpoint(thumbnail: bool) -> Callable[[Request], Awaitable[Response]]:
     @dicomweb_endpoint
     async def endpoint(request: Request, services: Services) -> Response:
-        media_type = rendering.choose_media_type(request.headers.get("accept", ""))
+        accept = rendered_accept(request)
         window = rendering.parse_window(request.query_params.get("window"))
         quality_text = request.query_params.get("quality", "90")
         if not quality_text.isdigit() or not 1 <= int(quality_text) <= 100:
@@ -359,7 +367,17 @@ def rendered_endpoint(thumbnail: bool) -> Callable[[Request], Awaitable[Response
             raise BadRequest(f"'{frame_text[:40]}' is not a frame number (1, 2, ...).")
         visibility = await services.policy.visibility(request)
         await ensure_visible(services, visibility, uids[0])
+        whole_instance = not thumbnail and "frame" not in request.path_params
+        if whole_instance and any(t in accept.lower() for t in ("text/html", "text/plain")):
+            return await rendered_report(services, uids, accept)
         dataset = await fetch_instance(services, *uids)
+        sop_class = str(dataset.get("SOPClassUID", ""))
+        if whole_instance and "PixelData" not in dataset:
+            if sop_class in reports.STRUCTURED_REPORTS:
+                return await rendered_report(services, uids, accept)
+            if "EncapsulatedDocument" in dataset:
+                return encapsulated_document(dataset, accept)
+        media_type = rendering.choose_media_type(accept)
         image = await anyio.to_thread.run_sync(
             lambda: rendering.render(
                 dataset,

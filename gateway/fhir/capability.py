@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway import __version__
-from gateway.fhir import patients, studies
+from gateway.fhir import documents, patients, studies
 from gateway.fhir.mapping import Resource
 
 SOFTWARE_NAME = "Image Share Gateway"
@@ -50,6 +50,13 @@ def capability_statement(fhir_base_url: str, published: str) -> Resource:
                     ),
                     resource("Patient", patients.SEARCH_PARAMETERS),
                     resource("Endpoint", {"_id": ("token", "The endpoint's id")}),
+                    resource("DocumentReference", documents.SEARCH_PARAMETERS),
+                    {
+                        "type": "Binary",
+                        "profile": "http://hl7.org/fhir/StructureDefinition/Binary",
+                        "interaction": [{"code": "read"}],
+                        "documentation": "The DICOM object of a manifest (application/dicom).",
+                    },
                 ],
             }
         ],

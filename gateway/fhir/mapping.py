@@ -90,12 +90,10 @@ def imaging_study(
         resource["numberOfSeries"] = number_of_series
     if number_of_instances is not None:
         resource["numberOfInstances"] = number_of_instances
-    procedures = [_concept(item) for item in dj.items(study, "ProcedureCodeSequence")]
+    procedures = [concept(item) for item in dj.items(study, "ProcedureCodeSequence")]
     if any(procedures):
         resource["procedureCode"] = [p for p in procedures if p]
-    reasons = [
-        _concept(item) for item in dj.items(study, "ReasonForPerformedProcedureCodeSequence")
-    ]
+    reasons = [concept(item) for item in dj.items(study, "ReasonForPerformedProcedureCodeSequence")]
     if any(reasons):
         resource["reasonCode"] = [r for r in reasons if r]
     description = dj.text(study, "StudyDescription")
@@ -330,7 +328,7 @@ def _human_name(value: Any) -> list[Resource]:
     return names
 
 
-def _concept(item: Mapping[str, Any]) -> Resource:
+def concept(item: Mapping[str, Any]) -> Resource:
     code = dj.text(item, "CodeValue") or dj.text(item, "LongCodeValue")
     code = code or dj.text(item, "URNCodeValue")
     scheme = (dj.text(item, "CodingSchemeDesignator") or "").upper()

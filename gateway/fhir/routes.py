@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -10,11 +11,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.dicomweb import dicomjson as dj
+from gateway.dicomweb import instances
 from gateway.errors import BadRequest, GatewayError, NotFound
-from gateway.fhir import bundle, mapping, patients, studies
+from gateway.fhir import bundle, documents, mapping, patients, studies
 from gateway.fhir.capability import capability_statement
+from gateway.fhir.document_mapping import DICOM
 from gateway.fhir.params import SearchRequest, paging
-from gateway.fhir.responses import FhirResponse, negotiate, operation_outcome
+from gateway.fhir.responses import JSON_FORMATS, FhirResponse, negotiate, operation_outcome
 from gateway.services import Services
 
 logger = logging.getLogger(__name__)
@@ -166,9 +170,85 @@ async def search_endpoint(request: Request, services: Services) -> Response:
 
 
 @fhir_endpoint
+async def read_document_reference(request: Request, services: Services) -> Response:
+    visibility = await services.policy.visibility(request)
+    return FhirResponse(await services.documents.read(request.path_params["id"], visibility))
+
+
+@fhir_endpoint
+async def search_document_reference(request: Request, services: Services) -> Response:
+    settings = services.settings
+    query = search_request(request, documents.SEARCH_PARAMETERS)
+    page = paging(query, settings.page_size, settings.max_page_size)
+    for include in query.all("_include"):
+        raise BadRequest(
+            f"Parameter '_include': '{include}' is not supported for DocumentReference."
+        )
+    criteria = await services.documents.parse(query)
+    visibility = await services.policy.visibility(request)
+    result = await services.documents.search(
+        criteria, page.offset, 0 if page.summary_count else page.count, visibility
+    )
+    return FhirResponse(
+        bundle.searchset(
+            base_url=settings.fhir_base_url,
+            resource_type="DocumentReference",
+            query=query.used_items(),
+            matches=result.resources,
+            total=None if result.truncated else result.total,
+            offset=page.offset,
+            count=None if page.summary_count else page.count,
+            warning=(
+                f"More than {settings.max_search_candidates} report series match; only the "
+                "first ones were considered. Narrow the search (patient, related, date)."
+                if result.truncated
+                else None
+            ),
+        )
+    )
+
+
+async def read_binary(request: Request) -> Response:
+    """A document's DICOM object: raw for a plain client, a Binary resource for a FHIR one."""
+    services: Services = request.state.services
+    accept = request.headers.get("accept", "")
+    wants_resource = any(
+        part.split(";")[0].strip().lower() in JSON_FORMATS for part in accept.split(",")
+    ) or bool(request.query_params.getlist("_format"))
+    try:
+        if wants_resource:
+            negotiate(request)
+        visibility = await services.policy.visibility(request)
+        found = await services.documents.locate(request.path_params["id"], visibility)
+        content = await instances.part10(
+            services.upstream,
+            dj.text(found, "StudyInstanceUID") or "",
+            dj.text(found, "SeriesInstanceUID") or "",
+            request.path_params["id"],
+        )
+    except GatewayError as exc:
+        return error_response(exc)
+    except Exception:
+        logger.exception("unhandled error in %s %s", request.method, request.url.path)
+        return FhirResponse(
+            operation_outcome(500, "exception", "An internal error occurred."), status_code=500
+        )
+    if wants_resource:
+        return FhirResponse(
+            {
+                "resourceType": "Binary",
+                "id": request.path_params["id"],
+                "contentType": DICOM,
+                "data": base64.b64encode(content).decode(),
+            }
+        )
+    return Response(content, media_type=DICOM)
+
+
+@fhir_endpoint
 async def not_supported(request: Request, services: Services) -> Response:
     path = request.path_params.get("path", "")
-    known = ("ImagingStudy", "Patient", "Endpoint", "metadata")
+    known = ("ImagingStudy", "Patient", "Endpoint", "DocumentReference", "Binary", "metadata")
     if path.split("/", 1)[0] in known:
         return FhirResponse(
             operation_outcome(405, "not-supported", f"{request.method} is not supported here."),
@@ -190,5 +270,8 @@ def routes() -> list[BaseRoute]:
         Route("/Patient/{id}", read_patient, methods=["GET"]),
         Route("/Endpoint", search_endpoint, methods=["GET"]),
         Route("/Endpoint/{id}", read_endpoint, methods=["GET"]),
+        Route("/DocumentReference", search_document_reference, methods=["GET"]),
+        Route("/DocumentReference/{id}", read_document_reference, methods=["GET"]),
+        Route("/Binary/{id}", read_binary, methods=["GET"]),
         Route("/{path:path}", not_supported, methods=ALL_METHODS),
     ]
