@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from starlette.requests import Request
 from starlette.testclient import TestClient
 
@@ -161,3 +162,46 @@ def test_rendering_another_patients_instance_is_404(restricted, catalog) -> None
     mixed = f"/dicomweb/studies/{mine}/series/{series}/instances/{instance}"
     for suffix in ("frames/1", "bulk/7FE00010", "metadata", "rendered"):
         assert restricted.get(f"{mixed}/{suffix}").status_code == 404, suffix
+
+
+def _documents(fixture_files: list[Path]) -> dict[str, tuple[str, str, str, tuple[str, str]]]:
+    """SOP UID -> (study, series, SOP class, patient key) of every report and manifest."""
+    found = {}
+    for path in fixture_files:
+        ds = dcmread(path, stop_before_pixels=True)
+        if ds.Modality in ("SR", "DOC", "KO"):
+            key = (str(ds.get("IssuerOfPatientID", "") or ""), str(ds.PatientID))
+            found[str(ds.SOPInstanceUID)] = (
+                str(ds.StudyInstanceUID),
+                str(ds.SeriesInstanceUID),
+                str(ds.SOPClassUID),
+                key,
+            )
+    return found
+
+
+def test_documents_stay_within_the_patient(restricted, fixture_files: list[Path]) -> None:
+    documents = _documents(fixture_files)
+    own = {uid for uid, facts in documents.items() if facts[3] == ALLOWED}
+    assert own and len(own) < len(documents)
+    for query in ("", "?_count=500", "?status=current", "?category=LP29684-5", "?date=ge1900"):
+        bundle = restricted.get(f"/fhir/DocumentReference{query}").json()
+        found = {e["resource"]["id"] for e in bundle.get("entry", [])}
+        assert found <= own, query
+    assert {
+        e["resource"]["id"]
+        for e in restricted.get("/fhir/DocumentReference?_count=500").json()["entry"]
+    } == own
+    for uid, (study, series, _, key) in documents.items():
+        if key == ALLOWED:
+            continue
+        assert restricted.get(f"/fhir/DocumentReference/{uid}").status_code == 404
+        assert restricted.get(f"/fhir/DocumentReference?_id={uid}").json()["total"] == 0
+        assert (
+            restricted.get(f"/fhir/DocumentReference?related=ImagingStudy/{study}").json()["total"]
+            == 0
+        )
+        assert restricted.get(f"/fhir/Binary/{uid}").status_code == 404
+        base = f"/dicomweb/studies/{study}/series/{series}/instances/{uid}"
+        for suffix in ("rendered?accept=text/html", "rendered?accept=application/pdf"):
+            assert restricted.get(f"{base}/{suffix}").status_code == 404, suffix

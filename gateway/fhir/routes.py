@@ -212,9 +212,10 @@ async def read_binary(request: Request) -> Response:
     """A document's DICOM object: raw for a plain client, a Binary resource for a FHIR one."""
     services: Services = request.state.services
     accept = request.headers.get("accept", "")
-    wants_resource = any(
-        part.split(";")[0].strip().lower() in JSON_FORMATS for part in accept.split(",")
-    ) or bool(request.query_params.getlist("_format"))
+    offered = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    wants_resource = bool(request.query_params.getlist("_format")) or any(
+        media in JSON_FORMATS or media.startswith("application/fhir+") for media in offered
+    )
     try:
         if wants_resource:
             negotiate(request)

@@ -59,9 +59,12 @@ def test_capability_statement_lists_what_works(gateway: Gateway) -> None:
     CapabilityStatement.model_validate(statement)
     assert statement["fhirVersion"] == "4.0.1"
     by_type = {r["type"]: r for r in statement["rest"][0]["resource"]}
-    assert set(by_type) == {"ImagingStudy", "Patient", "Endpoint"}
+    assert set(by_type) == {"ImagingStudy", "Patient", "Endpoint", "DocumentReference", "Binary"}
     params = {p["name"] for p in by_type["ImagingStudy"]["searchParam"]}
     assert {"patient", "started", "modality", "identifier", "series", "_id"} <= params
+    params = {p["name"] for p in by_type["DocumentReference"]["searchParam"]}
+    assert {"patient", "date", "type", "category", "related", "contenttype", "status"} <= params
+    assert by_type["Binary"]["interaction"] == [{"code": "read"}]
 
 
 def test_search_all_returns_every_study_validated(gateway: Gateway, catalog) -> None:
