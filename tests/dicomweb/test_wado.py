@@ -124,3 +124,30 @@ def test_metadata_bulk_data_uris_lead_back_through_the_gateway(
     assert httpx.get(missing).status_code == 404
     assert httpx.get(uri.rsplit("/", 1)[0] + "/../../x").status_code in (400, 404)
     assert httpx.get(uri.rsplit("/", 1)[0] + "/7FE0001Z").status_code == 400
+
+
+def test_rendered_through_dicomweb_client(base_url: str, originals) -> None:
+    """Images as PNG, structured reports as text, PDF reports as the PDF."""
+    client = DICOMwebClient(url=f"{base_url}/dicomweb")
+    wanted = {
+        "1.2.840.10008.5.1.4.1.1.2": ("image/png",),
+        "1.2.840.10008.5.1.4.1.1.88.33": ("text/plain",),
+        "1.2.840.10008.5.1.4.1.1.104.1": ("application/pdf",),
+    }
+    checked = set()
+    for path in originals.values():
+        header = dcmread(path, stop_before_pixels=True)
+        media_types = wanted.get(str(header.SOPClassUID))
+        if media_types is None or media_types in checked:
+            continue
+        uids = (header.StudyInstanceUID, header.SeriesInstanceUID, header.SOPInstanceUID)
+        body = client.retrieve_instance_rendered(*uids, media_types=media_types)
+        if media_types == ("image/png",):
+            assert body.startswith(b"\x89PNG")
+        elif media_types == ("text/plain",):
+            text = body.decode() if isinstance(body, bytes) else body
+            assert str(header.ContentSequence[0].TextValue) in text
+        else:
+            assert body.startswith(b"%PDF")
+        checked.add(media_types)
+    assert len(checked) == 3
