@@ -66,6 +66,26 @@ class Settings(BaseSettings):
     study_cache_seconds: Annotated[float, Field(ge=0)] = 300.0
     study_cache_size: Annotated[int, Field(ge=0)] = 5000
     log_level: str = "info"
+    auth_required: bool = Field(
+        True,
+        description=(
+            "Require a SMART access token on /fhir and /dicomweb. Turn off only for a "
+            "gateway that is itself behind another authorization layer."
+        ),
+    )
+    access_token_seconds: Annotated[int, Field(ge=60, le=86_400)] = 3600
+    refresh_token_days: Annotated[int, Field(ge=1, le=3650)] = 90
+    backend_token_seconds: Annotated[int, Field(ge=60, le=300)] = 300
+    authorization_code_seconds: Annotated[int, Field(ge=10, le=600)] = 60
+    session_hours: Annotated[float, Field(gt=0, le=720)] = 8.0
+    dynamic_registration: bool = Field(
+        True, description="Allow RFC 7591 registration of public clients at /oauth/register."
+    )
+    jwks_cache_seconds: Annotated[int, Field(ge=0, le=86_400)] = 300
+    cors_origins: str = Field(
+        "*",
+        description="Origins allowed to call the API from a browser: * or a space-separated list.",
+    )
 
     @field_validator("public_url")
     @classmethod
@@ -137,6 +157,10 @@ class Settings(BaseSettings):
     @property
     def dicomweb_base_url(self) -> str:
         return f"{self.public_url}/dicomweb"
+
+    @property
+    def oauth_base_url(self) -> str:
+        return f"{self.public_url}/oauth"
 
     @property
     def dicom_dir(self) -> Path:

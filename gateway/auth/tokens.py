@@ -1,0 +1,319 @@
+"""Grants, authorization codes and tokens: issued, checked, refreshed, revoked.
+
+Tokens are opaque random strings; the database keeps their SHA-256 only. A
+grant is what one user allowed one app; its codes and tokens hang off it, so
+revoking the grant (or replaying its code) kills them all at once, on every
+replica, at the next request.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidScopeError
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.auth import scopes
+from gateway.auth.keys import KeyStore
+from gateway.auth.secrets import digest, new_id, new_token, same
+from gateway.settings import Settings
+from gateway.store.models import AuthorizationCode, Grant, Token, as_utc, utcnow
+
+REFRESH_SCOPES = ("offline_access", "online_access")
+
+
+@dataclass(frozen=True)
+class AccessGrant:
+    """What a valid bearer token carries, as the resource server needs it."""
+
+    grant_id: str
+    client_id: str
+    account_id: str | None
+    scope: tuple[str, ...]
+    context: dict[str, Any] = field(default_factory=dict)
+    expires_at: datetime | None = None
+    issued_at: datetime | None = None
+
+    @property
+    def patient(self) -> str | None:
+        value = self.context.get("patient")
+        return str(value) if value else None
+
+
+def s256(verifier: str) -> str:
+    """PKCE S256: base64url(SHA-256(verifier)) without padding (RFC 7636 4.2)."""
+    hashed = hashlib.sha256(verifier.encode("ascii", "replace")).digest()
+    return base64.urlsafe_b64encode(hashed).rstrip(b"=").decode()
+
+
+class TokenService:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], settings: Settings, keys: KeyStore
+    ) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self.keys = keys
+
+    # -- grants and codes ----------------------------------------------------
+
+    async def create_code(
+        self,
+        *,
+        client_id: str,
+        account_id: str | None,
+        scope: list[str],
+        context: dict[str, Any],
+        redirect_uri: str,
+        code_challenge: str,
+        nonce: str | None,
+    ) -> str:
+        code = new_token()
+        grant = Grant(
+            id=new_id(),
+            client_id=client_id,
+            account_id=account_id,
+            scope=" ".join(scope),
+            context=context,
+        )
+        lifetime = timedelta(seconds=self.settings.authorization_code_seconds)
+        async with self.sessions() as session:
+            session.add(grant)
+            session.add(
+                AuthorizationCode(
+                    code_hash=digest(code),
+                    grant_id=grant.id,
+                    client_id=client_id,
+                    redirect_uri=redirect_uri,
+                    code_challenge=code_challenge,
+                    nonce=nonce,
+                    expires_at=utcnow() + lifetime,
+                )
+            )
+            await session.commit()
+        return code
+
+    async def redeem_code(
+        self, code: str, client_id: str, redirect_uri: str, verifier: str
+    ) -> dict[str, Any]:
+        """Exchange a code (RFC 6749 4.1.3 with PKCE): single use, same client and redirect."""
+        now = utcnow()
+        async with self.sessions() as session:
+            stored = await session.get(AuthorizationCode, digest(code), with_for_update=True)
+            if stored is None:
+                raise InvalidGrantError("The authorization code is not valid.")
+            if stored.used_at is not None:
+                # A replayed code means it leaked: what it issued is withdrawn (RFC 6749 4.1.2).
+                await self._revoke_grant(session, stored.grant_id)
+                await session.commit()
+                raise InvalidGrantError("The authorization code was already used.")
+            stored.used_at = now
+            await session.commit()
+        if as_utc(stored.expires_at) < now:
+            raise InvalidGrantError("The authorization code has expired.")
+        if stored.client_id != client_id:
+            raise InvalidGrantError("The authorization code was issued to another client.")
+        if not same(stored.redirect_uri, redirect_uri):
+            raise InvalidGrantError("redirect_uri differs from the authorization request.")
+        if not verifier or not same(s256(verifier), stored.code_challenge):
+            raise InvalidGrantError("The code_verifier does not match the code_challenge.")
+        grant = await self._grant(stored.grant_id)
+        if grant is None or grant.revoked_at is not None:
+            raise InvalidGrantError("The authorization was withdrawn.")
+        return await self.issue(grant, nonce=stored.nonce)
+
+    async def client_credentials(self, client_id: str, scope: list[str]) -> dict[str, Any]:
+        grant = Grant(id=new_id(), client_id=client_id, scope=" ".join(scope), context={})
+        async with self.sessions() as session:
+            session.add(grant)
+            await session.commit()
+        return await self.issue(grant, backend=True)
+
+    # -- issuing ---------------------------------------------------------------
+
+    async def issue(
+        self,
+        grant: Grant,
+        *,
+        scope: list[str] | None = None,
+        nonce: str | None = None,
+        backend: bool = False,
+    ) -> dict[str, Any]:
+        granted = scope if scope is not None else scopes.split(grant.scope)
+        seconds = (
+            self.settings.backend_token_seconds if backend else self.settings.access_token_seconds
+        )
+        now = utcnow()
+        access = new_token()
+        rows = [
+            Token(
+                token_hash=digest(access),
+                grant_id=grant.id,
+                kind="access",
+                client_id=grant.client_id,
+                scope=" ".join(granted),
+                expires_at=now + timedelta(seconds=seconds),
+            )
+        ]
+        response: dict[str, Any] = {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": seconds,
+            "scope": " ".join(granted),
+        }
+        if not backend and any(s in granted for s in REFRESH_SCOPES):
+            refresh = new_token()
+            lifetime = (
+                timedelta(days=self.settings.refresh_token_days)
+                if "offline_access" in granted
+                else timedelta(hours=self.settings.session_hours)
+            )
+            rows.append(
+                Token(
+                    token_hash=digest(refresh),
+                    grant_id=grant.id,
+                    kind="refresh",
+                    client_id=grant.client_id,
+                    scope=" ".join(granted),
+                    expires_at=now + lifetime,
+                )
+            )
+            response["refresh_token"] = refresh
+        async with self.sessions() as session:
+            session.add_all(rows)
+            await session.commit()
+        context = grant.context or {}
+        for name in ("patient", "need_patient_banner", "smart_style_url", "fhirContext", "intent"):
+            if name in context:
+                response[name] = context[name]
+        if "openid" in granted and context.get("fhirUser"):
+            response["id_token"] = await self._id_token(grant, now, nonce)
+        return response
+
+    async def _id_token(self, grant: Grant, now: datetime, nonce: str | None) -> str:
+        claims: dict[str, Any] = {
+            "iss": self.settings.public_url,
+            "sub": grant.account_id or grant.client_id,
+            "aud": grant.client_id,
+            "iat": int(now.timestamp()),
+            "exp": int(now.timestamp()) + self.settings.access_token_seconds,
+            "fhirUser": grant.context["fhirUser"],
+        }
+        if nonce:
+            claims["nonce"] = nonce
+        if grant.context.get("name"):
+            claims["name"] = grant.context["name"]
+        return await self.keys.sign(claims)
+
+    async def refresh(
+        self, refresh_token: str, client_id: str, requested: str | None
+    ) -> dict[str, Any]:
+        """Rotate a refresh token (RFC 6749 6); a scope parameter can only narrow."""
+        now = utcnow()
+        async with self.sessions() as session:
+            stored = await session.get(Token, digest(refresh_token), with_for_update=True)
+            if stored is None or stored.kind != "refresh" or stored.client_id != client_id:
+                raise InvalidGrantError("The refresh token is not valid.")
+            if stored.revoked_at is not None:
+                # A rotated-out token used again: someone holds a copy; end the grant.
+                await self._revoke_grant(session, stored.grant_id)
+                await session.commit()
+                raise InvalidGrantError("The refresh token was revoked.")
+            if as_utc(stored.expires_at) < now:
+                raise InvalidGrantError("The refresh token has expired.")
+            grant = await session.get(Grant, stored.grant_id)
+            if grant is None or grant.revoked_at is not None:
+                raise InvalidGrantError("The authorization was withdrawn.")
+            held = scopes.split(stored.scope)
+            wanted = held if requested is None else scopes.split(requested)
+            narrowed = scopes.narrow(held, wanted)
+            if narrowed is None or not narrowed:
+                raise InvalidScopeError("A refresh can only keep or narrow the granted scope.")
+            stored.revoked_at = now
+            await session.commit()
+        if not any(s in narrowed for s in REFRESH_SCOPES):
+            narrowed = [*narrowed, *[s for s in held if s in REFRESH_SCOPES][:1]]
+        return await self.issue(grant, scope=narrowed)
+
+    # -- checking, introspection, revocation -----------------------------------
+
+    async def check(self, token: str) -> AccessGrant | None:
+        """The per-request check: one indexed read of the token and its grant."""
+        if not token or len(token) > 512:
+            return None
+        async with self.sessions() as session:
+            row = (
+                await session.execute(
+                    select(Token, Grant)
+                    .join(Grant, Grant.id == Token.grant_id)
+                    .where(Token.token_hash == digest(token))
+                )
+            ).first()
+        if row is None:
+            return None
+        stored, grant = row
+        if stored.kind != "access" or stored.revoked_at or grant.revoked_at:
+            return None
+        if as_utc(stored.expires_at) <= utcnow():
+            return None
+        return AccessGrant(
+            grant_id=grant.id,
+            client_id=stored.client_id,
+            account_id=grant.account_id,
+            scope=tuple(scopes.split(stored.scope)),
+            context=dict(grant.context or {}),
+            expires_at=as_utc(stored.expires_at),
+            issued_at=as_utc(stored.created_at),
+        )
+
+    async def introspect(self, token: str) -> dict[str, Any]:
+        """RFC 7662: the token's facts when active, and exactly ``{"active": false}`` otherwise."""
+        checked = await self.check(token)
+        if checked is None:
+            return {"active": False}
+        answer: dict[str, Any] = {
+            "active": True,
+            "client_id": checked.client_id,
+            "scope": " ".join(checked.scope),
+            "token_type": "Bearer",
+            "iss": self.settings.public_url,
+            "sub": checked.account_id or checked.client_id,
+        }
+        if checked.expires_at:
+            answer["exp"] = int(checked.expires_at.timestamp())
+        if checked.issued_at:
+            answer["iat"] = int(checked.issued_at.timestamp())
+        for name in ("patient", "fhirUser"):
+            if checked.context.get(name):
+                answer[name] = checked.context[name]
+        return answer
+
+    async def revoke(self, token: str, client_id: str) -> None:
+        """RFC 7009: revoke the token's whole grant, if it belongs to ``client_id``."""
+        async with self.sessions() as session:
+            stored = await session.get(Token, digest(token))
+            if stored is None or stored.client_id != client_id:
+                return  # unknown or another client's: answered 200 all the same
+            await self._revoke_grant(session, stored.grant_id)
+            await session.commit()
+
+    async def _revoke_grant(self, session: AsyncSession, grant_id: str) -> None:
+        now = utcnow()
+        await session.execute(
+            update(Grant)
+            .where(Grant.id == grant_id, Grant.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        await session.execute(
+            update(Token)
+            .where(Token.grant_id == grant_id, Token.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+
+    async def _grant(self, grant_id: str) -> Grant | None:
+        async with self.sessions() as session:
+            return await session.get(Grant, grant_id)
