@@ -8,11 +8,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from gateway import __version__, operations
+from gateway.auth import routes as auth_routes
+from gateway.auth.enforcement import BearerTokenMiddleware
 from gateway.dicomweb import routes as dicomweb_routes
 from gateway.fhir import routes as fhir_routes
 from gateway.services import Services
@@ -31,6 +35,10 @@ def create_app(
         built = services or Services.build(settings)
         if check_migrations:
             await built.database.ensure_migrated()
+        if not settings.auth_required:
+            logger.warning(
+                "GATEWAY_AUTH_REQUIRED is off: /fhir and /dicomweb answer without a token"
+            )
         logger.info(
             "gateway %s serving %s over %s store",
             __version__,
@@ -47,11 +55,31 @@ def create_app(
 
     return Starlette(
         routes=[
-            Mount("/fhir", routes=fhir_routes.routes()),
-            Mount("/dicomweb", routes=dicomweb_routes.routes()),
+            *auth_routes.discovery_routes(),
+            Mount("/oauth", routes=auth_routes.routes()),
+            Mount(
+                "/fhir",
+                routes=fhir_routes.routes(),
+                middleware=[Middleware(BearerTokenMiddleware, api="fhir")],
+            ),
+            Mount(
+                "/dicomweb",
+                routes=dicomweb_routes.routes(),
+                middleware=[Middleware(BearerTokenMiddleware, api="dicomweb")],
+            ),
             Route("/healthz", operations.healthz, methods=["GET"]),
             Route("/readyz", operations.readyz, methods=["GET"]),
             Route("/metrics", operations.metrics, methods=["GET"]),
+        ],
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins.split(),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type", "Accept", "Prefer"],
+                expose_headers=["Location", "WWW-Authenticate", "Warning"],
+                max_age=600,
+            )
         ],
         exception_handlers={404: not_found},
         lifespan=lifespan,

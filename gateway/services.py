@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from gateway.access import AccessPolicy, AllowEverything
+from gateway.auth.enforcement import SmartPolicy
+from gateway.auth.service import AuthServices
 from gateway.dicomweb.upstream import Upstream, create_upstream
 from gateway.fhir.documents import DocumentReferenceService
 from gateway.fhir.mapping import MappingContext
@@ -28,6 +30,7 @@ class Services:
     studies: ImagingStudyService
     patients: PatientService
     documents: DocumentReferenceService
+    auth: AuthServices
     policy: AccessPolicy = field(default_factory=AllowEverything)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -67,9 +70,11 @@ class Services:
                 settings.fhir_base_url,
                 max_candidates=settings.max_search_candidates,
             ),
-            policy=policy or AllowEverything(),
+            auth=AuthServices.build(settings, database.sessions),
+            policy=policy or (SmartPolicy() if settings.auth_required else AllowEverything()),
         )
 
     async def aclose(self) -> None:
+        await self.auth.aclose()
         await self.upstream.aclose()
         await self.database.dispose()

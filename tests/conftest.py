@@ -38,6 +38,9 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
         k for k in os.environ if k.startswith("GATEWAY_") and k != "GATEWAY_TEST_POSTGRES_URL"
     ]:
         os.environ.pop(name)
+    # The API suites test what the API answers; tests/auth tests the token gate in
+    # front of it (auth_required=True), over the same routes.
+    overrides.setdefault("auth_required", False)
     return load_settings(_env_file=None, data_dir=data_dir, **overrides)
 
 
@@ -156,6 +159,7 @@ def serve_gateway(workdir: Path, **settings: str) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update({f"GATEWAY_{k.upper()}": v for k, v in settings.items()})
     env.setdefault("GATEWAY_DATA_DIR", str(workdir / "var"))
+    env.setdefault("GATEWAY_AUTH_REQUIRED", "false")
     env.update(
         GATEWAY_DATABASE_URL=f"sqlite+aiosqlite:///{workdir / 'gateway.db'}",
         GATEWAY_PUBLIC_URL=base,

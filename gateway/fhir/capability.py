@@ -9,7 +9,9 @@ from gateway.fhir.mapping import Resource
 SOFTWARE_NAME = "Image Share Gateway"
 
 
-def capability_statement(fhir_base_url: str, published: str) -> Resource:
+def capability_statement(
+    fhir_base_url: str, published: str, security: Resource | None = None
+) -> Resource:
     def search_params(table: dict[str, tuple[str, str]]) -> list[Resource]:
         return [
             {"name": name, "type": kind, "documentation": text}
@@ -42,6 +44,7 @@ def capability_statement(fhir_base_url: str, published: str) -> Resource:
         "rest": [
             {
                 "mode": "server",
+                **({"security": security} if security else {}),
                 "resource": [
                     resource(
                         "ImagingStudy",

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.auth import discovery
 from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb import instances
 from gateway.errors import BadRequest, GatewayError, NotFound
@@ -64,7 +65,8 @@ def search_request(request: Request, known: dict[str, tuple[str, str]]) -> Searc
 @fhir_endpoint
 async def metadata(request: Request, services: Services) -> Response:
     published = services.started_at.isoformat(timespec="seconds")
-    return FhirResponse(capability_statement(services.settings.fhir_base_url, published))
+    security = discovery.security_extension(services.settings)
+    return FhirResponse(capability_statement(services.settings.fhir_base_url, published, security))
 
 
 @fhir_endpoint

@@ -1,0 +1,143 @@
+"""The resource server: every /fhir and /dicomweb request shows a token with the right scope.
+
+``BearerTokenMiddleware`` checks the token (401 when missing, unknown,
+expired or revoked) and the scope the route needs (403), then leaves the
+request's visibility for :class:`SmartPolicy`, the access policy of
+:mod:`gateway.access`: ``patient/`` scopes confine everything to the patient
+in context; ``user/`` and ``system/`` scopes see what the gateway serves.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.access import NOTHING, Visibility
+from gateway.auth import scopes
+from gateway.auth.client_auth import bearer_token
+from gateway.auth.tokens import AccessGrant
+from gateway.fhir.responses import FhirResponse, operation_outcome
+from gateway.store.patients import PatientIndex
+
+OPEN_FHIR_PATHS = frozenset({"/metadata", "/.well-known/smart-configuration"})
+FHIR_TYPES = ("ImagingStudy", "Patient", "DocumentReference", "Endpoint", "Practitioner")
+_QIDO = re.compile(
+    r"/(studies|series|instances|studies/[^/]+/(series|instances)|studies/[^/]+/series/[^/]+/instances)"
+)
+
+
+@dataclass(frozen=True)
+class Requirement:
+    resource_type: str
+    action: str  # one of c r u d s
+
+
+def requirement(api: str, method: str, path: str) -> Requirement | None:
+    """The scope a request needs; None for paths that no route serves (they 404 anyway)."""
+    if api == "dicomweb":
+        if method == "POST":
+            return Requirement("ImagingStudy", "c")
+        return Requirement("ImagingStudy", "s" if _QIDO.fullmatch(path) else "r")
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        return None
+    kind = parts[0]
+    if kind == "Binary":
+        return Requirement("DocumentReference", "r")
+    if kind not in FHIR_TYPES:
+        return None
+    return Requirement(kind, "r" if len(parts) > 1 else "s")
+
+
+class BearerTokenMiddleware:
+    """Wraps one API mount (``api`` is "fhir" or "dicomweb")."""
+
+    def __init__(self, app: ASGIApp, api: str) -> None:
+        self.app = app
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        services = scope["state"]["services"]
+        path = _within(scope)
+        if (
+            not services.settings.auth_required
+            or scope["method"] == "OPTIONS"
+            or (self.api == "fhir" and path in OPEN_FHIR_PATHS)
+        ):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        token = bearer_token(request.headers.get("authorization"))
+        grant = await services.auth.tokens.check(token) if token else None
+        if grant is None:
+            response = self._refusal(
+                401,
+                "login",
+                "A valid access token is required."
+                if token is None
+                else "The access token is not valid (unknown, expired or revoked).",
+                'Bearer realm="gateway"' + ("" if token is None else ', error="invalid_token"'),
+            )
+            await response(scope, receive, send)
+            return
+        needed = requirement(self.api, scope["method"], path)
+        visibility = NOTHING
+        if needed is not None:
+            visibility_or_none = await self._visibility(services.patient_index, grant, needed)
+            if visibility_or_none is None:
+                words = scopes.PERMISSION_WORDS[needed.action]
+                response = self._refusal(
+                    403,
+                    "forbidden",
+                    f"The token's scope does not allow to {words} {needed.resource_type}.",
+                    'Bearer realm="gateway", error="insufficient_scope"',
+                )
+                await response(scope, receive, send)
+                return
+            visibility = visibility_or_none
+        scope["state"]["grant"] = grant
+        scope["state"]["visibility"] = visibility
+        await self.app(scope, receive, send)
+
+    async def _visibility(
+        self, index: PatientIndex, grant: AccessGrant, needed: Requirement
+    ) -> Visibility | None:
+        broad = scopes.decide(grant.scope, ("user", "system"), needed.resource_type, needed.action)
+        if broad.allowed:
+            return Visibility()
+        confined = scopes.decide(grant.scope, ("patient",), needed.resource_type, needed.action)
+        if not confined.allowed or not grant.patient:
+            return None
+        key = await index.key_for(grant.patient)
+        return Visibility(patients=frozenset({key} if key else set()))
+
+    def _refusal(self, status: int, code: str, message: str, challenge: str) -> Response:
+        headers = {"WWW-Authenticate": challenge}
+        if self.api == "fhir":
+            return FhirResponse(
+                operation_outcome(status, code, message), status_code=status, headers=headers
+            )
+        headers["Warning"] = f'299 gateway "{message}"'
+        return PlainTextResponse(message + "\n", status_code=status, headers=headers)
+
+
+def _within(scope: Scope) -> str:
+    """The path below the mount point (Starlette keeps the mount in root_path)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+class SmartPolicy:
+    """The access policy once tokens are required: what the middleware decided."""
+
+    async def visibility(self, request: Request) -> Visibility:
+        decided = request.scope.get("state", {}).get("visibility")
+        return decided if isinstance(decided, Visibility) else NOTHING

@@ -1,0 +1,251 @@
+"""``/oauth`` endpoints and the discovery documents (SMART App Launch 2.2, RFC 6749/7009/7591/7662).
+
+Errors follow RFC 6749 5.2: JSON ``{"error", "error_description"}``, 400 for
+grant errors, 401 ``invalid_client`` for failed client authentication.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from authlib.oauth2.rfc6749.errors import (
+    InvalidRequestError,
+    InvalidScopeError,
+    OAuth2Error,
+    UnauthorizedClientError,
+    UnsupportedGrantTypeError,
+)
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.auth import discovery, scopes
+from gateway.auth.client_auth import bearer_token, require_form
+from gateway.auth.clients import ClientKind, RegistrationError, describe
+from gateway.services import Services
+
+logger = logging.getLogger(__name__)
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
+MAX_FORM_BYTES = 64 << 10
+
+
+def oauth_error(exc: OAuth2Error, request: Request | None = None) -> JSONResponse:
+    status = 401 if exc.error == "invalid_client" else (exc.status_code or 400)
+    headers = dict(NO_STORE)
+    if status == 401:
+        basic = request is not None and request.headers.get("authorization", "")[:6].lower() == (
+            "basic "
+        )
+        headers["WWW-Authenticate"] = 'Basic realm="gateway"' if basic else 'Bearer realm="gateway"'
+    body: dict[str, Any] = {"error": exc.error}
+    description = exc.get_error_description()
+    if description:
+        body["error_description"] = description
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def oauth_endpoint(
+    handler: Callable[[Request, Services], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request, request.state.services)
+        except OAuth2Error as exc:
+            return oauth_error(exc, request)
+        except Exception:
+            logger.exception("unhandled error in %s %s", request.method, request.url.path)
+            return JSONResponse(
+                {"error": "server_error", "error_description": "An internal error occurred."},
+                status_code=500,
+                headers=NO_STORE,
+            )
+
+    return endpoint
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """The form body, one value per name (RFC 6749 3.2: parameters must not repeat)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise InvalidRequestError(
+            description="Send the parameters as a form (x-www-form-urlencoded)."
+        )
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_FORM_BYTES:
+        raise InvalidRequestError(description="The request is too large.")
+    form = await request.form(max_files=0, max_fields=64)
+    values: dict[str, str] = {}
+    for name, value in form.multi_items():
+        if not isinstance(value, str):
+            raise InvalidRequestError(description="Files are not accepted here.")
+        if name in values:
+            raise InvalidRequestError(description=f"Parameter '{name}' is repeated.")
+        values[name] = value
+    return values
+
+
+@oauth_endpoint
+async def token(request: Request, services: Services) -> Response:
+    form = await read_form(request)
+    grant_type = require_form(form, "grant_type")
+    if grant_type not in GRANT_TYPES:
+        raise UnsupportedGrantTypeError(grant_type[:40])
+    auth = services.auth
+    client = await auth.client_auth.authenticate(form, request.headers.get("authorization"))
+    if grant_type == "authorization_code":
+        if client.kind == ClientKind.backend:
+            raise UnauthorizedClientError(description="Backend clients use client_credentials.")
+        answer = await auth.tokens.redeem_code(
+            require_form(form, "code"),
+            client.client_id,
+            require_form(form, "redirect_uri"),
+            require_form(form, "code_verifier"),
+        )
+    elif grant_type == "refresh_token":
+        answer = await auth.tokens.refresh(
+            require_form(form, "refresh_token"), client.client_id, form.get("scope")
+        )
+    else:
+        if client.kind != ClientKind.backend:
+            raise UnauthorizedClientError(
+                description="Only backend clients may use client_credentials."
+            )
+        allowed = [s for s in scopes.split(client.scope) if s.startswith("system/")]
+        requested = scopes.split(form.get("scope")) or allowed
+        granted = scopes.narrow(allowed, requested)
+        if not granted:
+            raise InvalidScopeError(
+                description="The scope is not among the client's system scopes."
+            )
+        answer = await auth.tokens.client_credentials(client.client_id, granted)
+    return JSONResponse(answer, headers=NO_STORE)
+
+
+@oauth_endpoint
+async def introspect(request: Request, services: Services) -> Response:
+    """RFC 7662, for a client (Basic or assertion) or any holder of a valid bearer token."""
+    form = await read_form(request)
+    authorization = request.headers.get("authorization")
+    caller_token = bearer_token(authorization)
+    if caller_token:
+        if await services.auth.tokens.check(caller_token) is None:
+            return JSONResponse(
+                {"error": "invalid_token", "error_description": "The bearer token is not valid."},
+                status_code=401,
+                headers={**NO_STORE, "WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+    else:
+        await services.auth.client_auth.authenticate(
+            {k: v for k, v in form.items() if k != "token"}, authorization
+        )
+    answer = await services.auth.tokens.introspect(require_form(form, "token"))
+    return JSONResponse(answer, headers=NO_STORE)
+
+
+@oauth_endpoint
+async def revoke(request: Request, services: Services) -> Response:
+    """RFC 7009: 200 whether or not the token was known."""
+    form = await read_form(request)
+    client = await services.auth.client_auth.authenticate(
+        {k: v for k, v in form.items() if k not in ("token", "token_type_hint")},
+        request.headers.get("authorization"),
+    )
+    await services.auth.tokens.revoke(require_form(form, "token"), client.client_id)
+    return Response(status_code=200, headers=NO_STORE)
+
+
+async def register(request: Request) -> Response:
+    """RFC 7591 dynamic registration, for public clients only."""
+    services: Services = request.state.services
+    if not services.settings.dynamic_registration:
+        return JSONResponse(
+            {"error": "access_denied", "error_description": "Dynamic registration is turned off."},
+            status_code=403,
+        )
+    try:
+        metadata = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        metadata = None
+    if not isinstance(metadata, dict):
+        return _registration_error("invalid_client_metadata", "The body must be a JSON object.")
+    method = metadata.get("token_endpoint_auth_method", "none")
+    if method != "none":
+        return _registration_error(
+            "invalid_client_metadata",
+            "Only public clients (token_endpoint_auth_method none) may register here.",
+        )
+    uris = metadata.get("redirect_uris")
+    if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
+        return _registration_error(
+            "invalid_redirect_uri", "redirect_uris must list at least one URI."
+        )
+    name = metadata.get("client_name") or "Unnamed app"
+    scope = metadata.get("scope") or ""
+    if not isinstance(name, str) or not isinstance(scope, str):
+        return _registration_error("invalid_client_metadata", "client_name and scope are strings.")
+    try:
+        created = await services.auth.clients.add(
+            name=name[:200], kind=ClientKind.public, redirect_uris=uris, scope=scope, dynamic=True
+        )
+    except RegistrationError as exc:
+        error = "invalid_redirect_uri" if "redirect" in str(exc) else "invalid_client_metadata"
+        return _registration_error(error, str(exc))
+    answer = describe(created.client)
+    answer.update(
+        {
+            "client_id_issued_at": int(created.client.created_at.timestamp()),
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+        }
+    )
+    answer = {k: v for k, v in answer.items() if v is not None}
+    return JSONResponse(answer, status_code=201, headers=NO_STORE)
+
+
+def _registration_error(error: str, description: str) -> JSONResponse:
+    return JSONResponse({"error": error, "error_description": description}, status_code=400)
+
+
+async def smart_configuration(request: Request) -> Response:
+    services: Services = request.state.services
+    return JSONResponse(discovery.smart_configuration(services.settings))
+
+
+async def openid_configuration(request: Request) -> Response:
+    services: Services = request.state.services
+    return JSONResponse(discovery.openid_configuration(services.settings))
+
+
+async def jwks(request: Request) -> Response:
+    services: Services = request.state.services
+    return JSONResponse(
+        await services.auth.keys.jwks(), headers={"Cache-Control": "public, max-age=300"}
+    )
+
+
+async def style(request: Request) -> Response:
+    return JSONResponse(discovery.STYLE)
+
+
+def routes() -> list[BaseRoute]:
+    """Below ``/oauth``."""
+    return [
+        Route("/token", token, methods=["POST"]),
+        Route("/introspect", introspect, methods=["POST"]),
+        Route("/revoke", revoke, methods=["POST"]),
+        Route("/register", register, methods=["POST"]),
+        Route("/jwks", jwks, methods=["GET"]),
+        Route("/style.json", style, methods=["GET"]),
+    ]
+
+
+def discovery_routes() -> list[BaseRoute]:
+    """At the application root, ahead of the API mounts."""
+    return [
+        Route("/fhir/.well-known/smart-configuration", smart_configuration, methods=["GET"]),
+        Route("/.well-known/openid-configuration", openid_configuration, methods=["GET"]),
+    ]

@@ -1,0 +1,43 @@
+"""The authorization server's parts, built once per process next to the other services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.auth.accounts import Accounts
+from gateway.auth.client_auth import ClientAuthenticator, JwksCache
+from gateway.auth.clients import ClientRegistry
+from gateway.auth.keys import KeyStore
+from gateway.auth.tokens import TokenService
+from gateway.settings import Settings
+
+
+@dataclass
+class AuthServices:
+    clients: ClientRegistry
+    accounts: Accounts
+    keys: KeyStore
+    tokens: TokenService
+    client_auth: ClientAuthenticator
+    jwks_cache: JwksCache
+
+    @classmethod
+    def build(cls, settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> AuthServices:
+        clients = ClientRegistry(sessions)
+        keys = KeyStore(sessions)
+        jwks_cache = JwksCache(settings.jwks_cache_seconds)
+        return cls(
+            clients=clients,
+            accounts=Accounts(sessions),
+            keys=keys,
+            tokens=TokenService(sessions, settings, keys),
+            client_auth=ClientAuthenticator(
+                clients, sessions, jwks_cache, f"{settings.oauth_base_url}/token"
+            ),
+            jwks_cache=jwks_cache,
+        )
+
+    async def aclose(self) -> None:
+        await self.jwks_cache.aclose()
