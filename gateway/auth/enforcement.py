@@ -89,6 +89,12 @@ class BearerTokenMiddleware:
             return
         needed = requirement(self.api, scope["method"], path)
         visibility = NOTHING
+        if needed is not None and _own_user_resource(grant, path):
+            needed = None  # SMART: a token may always read its own fhirUser
+            visibility = Visibility(patients=None) if not grant.patient else NOTHING
+            if grant.patient:
+                key = await services.patient_index.key_for(grant.patient)
+                visibility = Visibility(patients=frozenset({key} if key else set()))
         if needed is not None:
             visibility_or_none = await self._visibility(services.patient_index, grant, needed)
             if visibility_or_none is None:
@@ -126,6 +132,16 @@ class BearerTokenMiddleware:
             )
         headers["Warning"] = f'299 gateway "{message}"'
         return PlainTextResponse(message + "\n", status_code=status, headers=headers)
+
+
+def _own_user_resource(grant: AccessGrant, path: str) -> bool:
+    user = str(grant.context.get("fhirUser") or "")
+    wanted = path.strip("/")
+    if not user or wanted.count("/") != 1 or not wanted.startswith(("Patient/", "Practitioner/")):
+        return False
+    if not ({"fhirUser", "openid"} & set(grant.scope)):
+        return False
+    return user.endswith("/" + wanted)
 
 
 def _within(scope: Scope) -> str:

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.auth import discovery, scopes
+from gateway.auth import authorize, discovery, scopes
 from gateway.auth.client_auth import bearer_token, require_form
 from gateway.auth.clients import ClientKind, RegistrationError, describe
 from gateway.services import Services
@@ -234,6 +234,7 @@ async def style(request: Request) -> Response:
 def routes() -> list[BaseRoute]:
     """Below ``/oauth``."""
     return [
+        *authorize.routes(),
         Route("/token", token, methods=["POST"]),
         Route("/introspect", introspect, methods=["POST"]),
         Route("/revoke", revoke, methods=["POST"]),

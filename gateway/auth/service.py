@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -10,6 +11,8 @@ from gateway.auth.accounts import Accounts
 from gateway.auth.client_auth import ClientAuthenticator, JwksCache
 from gateway.auth.clients import ClientRegistry
 from gateway.auth.keys import KeyStore
+from gateway.auth.launches import LaunchStore
+from gateway.auth.sessions import BrowserSessions
 from gateway.auth.tokens import TokenService
 from gateway.settings import Settings
 
@@ -22,6 +25,8 @@ class AuthServices:
     tokens: TokenService
     client_auth: ClientAuthenticator
     jwks_cache: JwksCache
+    browser_sessions: BrowserSessions
+    launches: LaunchStore
 
     @classmethod
     def build(cls, settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> AuthServices:
@@ -37,6 +42,8 @@ class AuthServices:
                 clients, sessions, jwks_cache, f"{settings.oauth_base_url}/token"
             ),
             jwks_cache=jwks_cache,
+            browser_sessions=BrowserSessions(sessions, timedelta(hours=settings.session_hours)),
+            launches=LaunchStore(sessions),
         )
 
     async def aclose(self) -> None:

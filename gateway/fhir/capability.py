@@ -55,6 +55,12 @@ def capability_statement(
                     resource("Endpoint", {"_id": ("token", "The endpoint's id")}),
                     resource("DocumentReference", documents.SEARCH_PARAMETERS),
                     {
+                        "type": "Practitioner",
+                        "profile": "http://hl7.org/fhir/StructureDefinition/Practitioner",
+                        "interaction": [{"code": "read"}],
+                        "documentation": "The gateway's signed-in practitioners (fhirUser).",
+                    },
+                    {
                         "type": "Binary",
                         "profile": "http://hl7.org/fhir/StructureDefinition/Binary",
                         "interaction": [{"code": "read"}],

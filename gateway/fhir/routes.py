@@ -210,6 +210,25 @@ async def search_document_reference(request: Request, services: Services) -> Res
     )
 
 
+@fhir_endpoint
+async def read_practitioner(request: Request, services: Services) -> Response:
+    """Practitioners are the gateway's own users (their ``fhirUser``)."""
+    account = await services.auth.accounts.get(request.path_params["id"])
+    if account is None or account.kind != "practitioner":
+        raise NotFound(f"Practitioner/{request.path_params['id']} is not known.")
+    return FhirResponse(practitioner_resource(account.id, account.display_name))
+
+
+def practitioner_resource(account_id: str, display_name: str) -> mapping.Resource:
+    family, _, given = display_name.partition("^")
+    name: mapping.Resource = {"text": " ".join(p for p in (given, family) if p) or display_name}
+    if family:
+        name["family"] = family
+    if given:
+        name["given"] = [g for g in given.split("^") if g]
+    return {"resourceType": "Practitioner", "id": account_id, "active": True, "name": [name]}
+
+
 async def read_binary(request: Request) -> Response:
     """A document's DICOM object: raw for a plain client, a Binary resource for a FHIR one."""
     services: Services = request.state.services
@@ -251,7 +270,15 @@ async def read_binary(request: Request) -> Response:
 @fhir_endpoint
 async def not_supported(request: Request, services: Services) -> Response:
     path = request.path_params.get("path", "")
-    known = ("ImagingStudy", "Patient", "Endpoint", "DocumentReference", "Binary", "metadata")
+    known = (
+        "ImagingStudy",
+        "Patient",
+        "Endpoint",
+        "DocumentReference",
+        "Binary",
+        "Practitioner",
+        "metadata",
+    )
     if path.split("/", 1)[0] in known:
         return FhirResponse(
             operation_outcome(405, "not-supported", f"{request.method} is not supported here."),
@@ -276,5 +303,6 @@ def routes() -> list[BaseRoute]:
         Route("/DocumentReference", search_document_reference, methods=["GET"]),
         Route("/DocumentReference/{id}", read_document_reference, methods=["GET"]),
         Route("/Binary/{id}", read_binary, methods=["GET"]),
+        Route("/Practitioner/{id}", read_practitioner, methods=["GET"]),
         Route("/{path:path}", not_supported, methods=ALL_METHODS),
     ]

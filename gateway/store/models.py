@@ -96,6 +96,17 @@ class BrowserSession(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class PendingAuthorization(Base):
+    """A checked authorization request waiting for sign-in and consent, bound to a browser."""
+
+    __tablename__ = "pending_authorization"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_hash: Mapped[str] = mapped_column(String(64))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Grant(Base):
     """What a user (or a backend client) allowed one app: the root of its tokens."""
 

@@ -59,7 +59,14 @@ def test_capability_statement_lists_what_works(gateway: Gateway) -> None:
     CapabilityStatement.model_validate(statement)
     assert statement["fhirVersion"] == "4.0.1"
     by_type = {r["type"]: r for r in statement["rest"][0]["resource"]}
-    assert set(by_type) == {"ImagingStudy", "Patient", "Endpoint", "DocumentReference", "Binary"}
+    assert set(by_type) == {
+        "ImagingStudy",
+        "Patient",
+        "Endpoint",
+        "DocumentReference",
+        "Binary",
+        "Practitioner",
+    }
     params = {p["name"] for p in by_type["ImagingStudy"]["searchParam"]}
     assert {"patient", "started", "modality", "identifier", "series", "_id"} <= params
     params = {p["name"] for p in by_type["DocumentReference"]["searchParam"]}

@@ -56,6 +56,13 @@ def upgrade() -> None:
         sa.Column("created_at", STAMP, nullable=False),
     )
     op.create_table(
+        "pending_authorization",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("session_hash", sa.String(64), nullable=False),
+        sa.Column("request", sa.JSON, nullable=False),
+        sa.Column("expires_at", STAMP, nullable=False),
+    )
+    op.create_table(
         "oauth_grant",
         sa.Column("id", sa.String(64), primary_key=True),
         sa.Column("client_id", sa.String(64), nullable=False, index=True),
@@ -120,6 +127,7 @@ def downgrade() -> None:
         "oauth_token",
         "oauth_code",
         "oauth_grant",
+        "pending_authorization",
         "browser_session",
         "account",
         "oauth_client",

@@ -1,0 +1,106 @@
+"""Browser sessions and pending authorization requests, both in the database.
+
+The cookie carries 256 random bits; the database keeps their SHA-256. Signing
+in replaces the session id (no fixation). Every form carries the session's
+CSRF token, compared in constant time.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.auth.secrets import digest, new_id, new_token, same
+from gateway.store.models import BrowserSession, PendingAuthorization, as_utc, utcnow
+
+COOKIE = "gateway_session"
+PENDING_LIFETIME = timedelta(minutes=15)
+
+
+class BrowserSessions:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], lifetime: timedelta) -> None:
+        self.sessions = sessions
+        self.lifetime = lifetime
+
+    async def load(self, cookie: str | None) -> BrowserSession | None:
+        if not cookie or len(cookie) > 128:
+            return None
+        async with self.sessions() as session:
+            found = await session.get(BrowserSession, digest(cookie))
+        if found is None or as_utc(found.expires_at) <= utcnow():
+            return None
+        return found
+
+    async def start(self, account_id: str | None = None) -> tuple[str, BrowserSession]:
+        cookie = new_token()
+        row = BrowserSession(
+            id_hash=digest(cookie),
+            account_id=account_id,
+            csrf_token=new_token(),
+            expires_at=utcnow() + self.lifetime,
+        )
+        async with self.sessions() as session:
+            session.add(row)
+            await session.commit()
+        return cookie, row
+
+    async def sign_in(self, old: BrowserSession, account_id: str) -> tuple[str, BrowserSession]:
+        """A fresh session for the signed-in account; pending requests follow it."""
+        cookie, row = await self.start(account_id)
+        async with self.sessions() as session:
+            await session.execute(
+                update(PendingAuthorization)
+                .where(PendingAuthorization.session_hash == old.id_hash)
+                .values(session_hash=row.id_hash)
+            )
+            await session.execute(
+                delete(BrowserSession).where(BrowserSession.id_hash == old.id_hash)
+            )
+            await session.commit()
+        return cookie, row
+
+    async def end(self, current: BrowserSession) -> None:
+        async with self.sessions() as session:
+            await session.execute(
+                delete(BrowserSession).where(BrowserSession.id_hash == current.id_hash)
+            )
+            await session.commit()
+
+    async def save_pending(self, owner: BrowserSession, request: dict[str, Any]) -> str:
+        pending = PendingAuthorization(
+            id=new_id(),
+            session_hash=owner.id_hash,
+            request=request,
+            expires_at=utcnow() + PENDING_LIFETIME,
+        )
+        async with self.sessions() as session:
+            session.add(pending)
+            await session.commit()
+        return pending.id
+
+    async def pending(self, owner: BrowserSession, request_id: str) -> dict[str, Any] | None:
+        if not request_id or len(request_id) > 64:
+            return None
+        async with self.sessions() as session:
+            found = await session.get(PendingAuthorization, request_id)
+        if (
+            found is None
+            or not same(found.session_hash, owner.id_hash)
+            or as_utc(found.expires_at) <= utcnow()
+        ):
+            return None
+        return dict(found.request)
+
+    async def drop_pending(self, request_id: str) -> None:
+        async with self.sessions() as session:
+            await session.execute(
+                delete(PendingAuthorization).where(PendingAuthorization.id == request_id)
+            )
+            await session.commit()
+
+
+def csrf_ok(owner: BrowserSession, submitted: str | None) -> bool:
+    return bool(submitted) and same(owner.csrf_token, submitted or "")
