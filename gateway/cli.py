@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from gateway import __version__
+from gateway.auth import cli as auth_cli
 from gateway.dicomweb.dicomjson import STUDY_FIELDS
 from gateway.dicomweb.upstream import Upstream, create_upstream
 from gateway.errors import GatewayError
@@ -36,6 +37,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+auth_cli.register(app)
 console = Console(stderr=True)
 IMPORT_BATCH = 16
 T = TypeVar("T")

@@ -1,0 +1,133 @@
+"""`gateway clients | patients | users | keys | launch`, in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from joserfc.jwk import RSAKey
+from typer.testing import CliRunner
+
+from gateway.cli import app
+from tests.cli.test_cli import data_dir as data_dir
+
+runner = CliRunner()
+
+
+def run(*args: str, stdin: str | None = None) -> dict | list | str:
+    result = runner.invoke(app, list(args), input=stdin)
+    assert result.exit_code == 0, result.output
+    text = result.stdout.strip()
+    return json.loads(text) if text.startswith(("{", "[")) else text
+
+
+def test_clients_add_list_remove(data_dir: Path, tmp_path: Path) -> None:
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    public = run(
+        "clients",
+        "add",
+        "--name",
+        "Viewer",
+        "--type",
+        "public",
+        "--redirect-uri",
+        "https://viewer.example/cb",
+        "--launch-uri",
+        "https://viewer.example/launch",
+    )
+    assert public["client_id"] and "client_secret" not in public
+    symmetric = run(
+        "clients",
+        "add",
+        "--name",
+        "Portal",
+        "--type",
+        "confidential-symmetric",
+        "--redirect-uri",
+        "https://portal.example/cb",
+    )
+    assert len(symmetric["client_secret"]) >= 32
+    key = RSAKey.generate_key(2048, parameters={"kid": "k1"})
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
+    backend = run(
+        "clients",
+        "add",
+        "--name",
+        "EHR",
+        "--type",
+        "backend",
+        "--jwks-file",
+        str(jwks_file),
+        "--scope",
+        "system/*.rs",
+        "--ehr",
+    )
+    assert backend["token_endpoint_auth_method"] == "private_key_jwt" and backend["ehr"]
+    listed = run("clients", "list", "--json")
+    assert {c["client_name"] for c in listed} == {"Viewer", "Portal", "EHR"}
+    assert symmetric["client_secret"] not in json.dumps(listed)
+    assert all("client_secret" not in c for c in listed)
+    table = runner.invoke(app, ["clients", "list"])
+    assert table.exit_code == 0 and "Viewer" in table.stdout
+    refused = runner.invoke(app, ["clients", "add", "--name", "X", "--type", "public"])
+    assert refused.exit_code == 2 and "redirect URI" in refused.output
+    assert runner.invoke(app, ["clients", "remove", symmetric["client_id"]]).exit_code == 0
+    assert runner.invoke(app, ["clients", "remove", symmetric["client_id"]]).exit_code == 1
+    url = run("launch", "--client", public["client_id"], "--patient", "abc123")
+    query = parse_qs(urlsplit(url).query)
+    assert url.startswith("https://viewer.example/launch?")
+    assert query["iss"] == ["http://127.0.0.1:8080/fhir"] and query["launch"][0]
+
+
+def test_patients_users_and_keys(data_dir: Path) -> None:
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    enrolled = run(
+        "patients",
+        "enroll",
+        "--patient-id",
+        "IS-1001",
+        "--issuer",
+        "HOSP-A",
+        "--birth-date",
+        "1961-04-12",
+    )
+    assert len(enrolled["access_code"]) == 8 and enrolled["access_code"].isdigit()
+    again = run(
+        "patients",
+        "enroll",
+        "--patient-id",
+        "IS-1001",
+        "--issuer",
+        "HOSP-A",
+        "--birth-date",
+        "1961-04-12",
+    )
+    assert (
+        again["patient"] == enrolled["patient"] and again["access_code"] != enrolled["access_code"]
+    )
+    bad_date = runner.invoke(
+        app, ["patients", "enroll", "--patient-id", "X", "--birth-date", "12/04/1961"]
+    )
+    assert bad_date.exit_code == 2
+    user = run(
+        "users",
+        "add",
+        "--username",
+        "dr.house",
+        "--name",
+        "House^Gregory",
+        "--password-stdin",
+        stdin="a good long password\n",
+    )
+    assert "/fhir/Practitioner/" in user["fhirUser"]
+    short = runner.invoke(
+        app,
+        ["users", "add", "--username", "dr.x", "--name", "X^Y", "--password-stdin"],
+        input="short\n",
+    )
+    assert short.exit_code == 2 and "at least" in short.output
+    first = run("keys", "rotate")["kid"]
+    second = run("keys", "rotate")["kid"]
+    assert first != second
