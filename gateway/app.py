@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -12,7 +13,8 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from gateway import __version__, operations
 from gateway.auth import routes as auth_routes
@@ -23,6 +25,16 @@ from gateway.services import Services
 from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+SMART_APPS = Path(__file__).resolve().parents[1] / "smart_apps"
+
+
+def _apps() -> list[BaseRoute]:
+    """The bundled demo SMART apps, served as static files when the checkout has them."""
+    if not SMART_APPS.is_dir():
+        return []
+    return [Mount("/apps", app=StaticFiles(directory=SMART_APPS, html=True), name="apps")]
 
 
 def create_app(
@@ -67,6 +79,7 @@ def create_app(
                 routes=dicomweb_routes.routes(),
                 middleware=[Middleware(BearerTokenMiddleware, api="dicomweb")],
             ),
+            *_apps(),
             Route("/healthz", operations.healthz, methods=["GET"]),
             Route("/readyz", operations.readyz, methods=["GET"]),
             Route("/metrics", operations.metrics, methods=["GET"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -21,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from gateway import __version__
 from gateway.auth import cli as auth_cli
+from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb.dicomjson import STUDY_FIELDS
 from gateway.dicomweb.upstream import Upstream, create_upstream
 from gateway.errors import GatewayError
@@ -316,6 +318,17 @@ async def seed_demo(settings: Settings) -> dict[str, Any]:
             )
         # The richest record first: that is the one a newcomer should try.
         patients.sort(key=lambda p: (-int(p["studies"]), str(p["name"])))
+        first = patients[0] if patients else None
+        birth = ""
+        if first is not None:
+            study = next(
+                s
+                for s in studies
+                if mapping.patient_key(s) == (first["issuer"], first["patient_id"])
+            )
+            raw = dj.text(study, "PatientBirthDate") or ""
+            birth = f"{raw[:4]}-{raw[4:6]}-{raw[6:8]}" if len(raw) == 8 else "1970-01-01"
+        smart = await demo_sign_ins(settings, database, first, birth)
         return {
             "gateway": __version__,
             "public_url": settings.public_url,
@@ -325,11 +338,66 @@ async def seed_demo(settings: Settings) -> dict[str, Any]:
             "database": settings.effective_database_url,
             "studies": len(studies),
             "seeded_now": seeded,
+            "smart": smart,
             "patients": patients,
         }
     finally:
         await upstream.aclose()
         await database.dispose()
+
+
+async def demo_sign_ins(
+    settings: Settings, database: Database, patient: dict[str, Any] | None, birth_date: str
+) -> dict[str, Any]:
+    """The demo app, patient and physician, created once and described in demo.json."""
+    from gateway.auth.accounts import AccountError
+    from gateway.auth.clients import ClientKind
+    from gateway.auth.service import AuthServices
+
+    previous_path = settings.data_dir / "demo.json"
+    auth = AuthServices.build(settings, database.sessions)
+    try:
+        if previous_path.exists():
+            previous = json.loads(previous_path.read_text(encoding="utf-8")).get("smart") or {}
+            known = await auth.clients.get(str(previous.get("app", {}).get("client_id", "")))
+            if known is not None:
+                return dict(previous)
+        # Drawn afresh for each demo database; written to demo.json for the person trying it.
+        passphrase = f"demo-{secrets.token_hex(3)}-{secrets.token_hex(3)}"
+        viewer = f"{settings.public_url}/apps/viewer/"
+        app_client = await auth.clients.add(
+            name="Demo viewer",
+            kind=ClientKind.public,
+            redirect_uris=[viewer],
+            launch_uri=viewer,
+        )
+        smart: dict[str, Any] = {
+            "app": {
+                "client_id": app_client.client.client_id,
+                "open": f"{viewer}?client_id={app_client.client.client_id}",
+                "redirect_uri": viewer,
+            },
+            "smart_configuration": f"{settings.fhir_base_url}/.well-known/smart-configuration",
+        }
+        if patient is not None:
+            account = await auth.accounts.enroll_patient(
+                str(patient["fhir_id"]), birth_date, str(patient["name"])
+            )
+            await auth.accounts.activate(account.login, birth_date, passphrase)
+            smart["patient"] = {
+                "access_code": account.login,
+                "passphrase": passphrase,
+                "fhir_id": patient["fhir_id"],
+                "name": patient["name"],
+            }
+        try:
+            await auth.accounts.add_practitioner("demo.doctor", "Grey^Meredith", passphrase)
+            smart["practitioner"] = {"username": "demo.doctor", "password": passphrase}
+        except AccountError:
+            smart["practitioner"] = {"username": "demo.doctor", "password": "(set earlier)"}
+        return smart
+    finally:
+        await auth.aclose()
 
 
 @app.command()

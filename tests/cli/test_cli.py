@@ -92,6 +92,13 @@ def test_demo_seeds_once_and_describes_itself(data_dir: Path) -> None:
     again = json.loads((data_dir / "demo.json").read_text())
     assert again["seeded_now"] == 0 and again["studies"] == summary["studies"]
     assert again["patients"] == summary["patients"]
+    # The demo app and sign-ins are made once and kept.
+    smart = summary["smart"]
+    assert again["smart"] == smart
+    assert smart["app"]["client_id"] and smart["app"]["redirect_uri"].endswith("/apps/viewer/")
+    assert len(smart["patient"]["access_code"]) == 8
+    assert smart["patient"]["fhir_id"] == summary["patients"][0]["fhir_id"]
+    assert smart["practitioner"]["username"] == "demo.doctor"
 
 
 @pytest.mark.orthanc
