@@ -160,10 +160,8 @@ def serve_gateway(workdir: Path, **settings: str) -> Iterator[str]:
     env.update({f"GATEWAY_{k.upper()}": v for k, v in settings.items()})
     env.setdefault("GATEWAY_DATA_DIR", str(workdir / "var"))
     env.setdefault("GATEWAY_AUTH_REQUIRED", "false")
-    env.update(
-        GATEWAY_DATABASE_URL=f"sqlite+aiosqlite:///{workdir / 'gateway.db'}",
-        GATEWAY_PUBLIC_URL=base,
-    )
+    env.setdefault("GATEWAY_DATABASE_URL", f"sqlite+aiosqlite:///{workdir / 'gateway.db'}")
+    env.setdefault("GATEWAY_PUBLIC_URL", base)
     log_path = workdir / "gateway.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
