@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.access import NOTHING, Visibility
-from gateway.auth import scopes
+from gateway.auth import granular, scopes
 from gateway.auth.client_auth import bearer_token
 from gateway.auth.tokens import AccessGrant
 from gateway.fhir.responses import FhirResponse, operation_outcome
 from gateway.store.patients import PatientIndex
+
+if TYPE_CHECKING:
+    from gateway.services import Services
 
 OPEN_FHIR_PATHS = frozenset({"/metadata", "/.well-known/smart-configuration"})
 FHIR_TYPES = ("ImagingStudy", "Patient", "DocumentReference", "Endpoint", "Practitioner")
@@ -108,9 +112,55 @@ class BearerTokenMiddleware:
                 await response(scope, receive, send)
                 return
             visibility = visibility_or_none
+        if needed is not None:
+            refusal = await self._granular(scope, services, grant, needed, path, visibility)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
         scope["state"]["grant"] = grant
         scope["state"]["visibility"] = visibility
         await self.app(scope, receive, send)
+
+    async def _granular(
+        self,
+        scope: Scope,
+        services: Services,
+        grant: AccessGrant,
+        needed: Requirement,
+        path: str,
+        visibility: Visibility,
+    ) -> Response | None:
+        """Apply granular filters, when the only scopes that allow this carry one."""
+        contexts = ("patient", "user", "system")
+        access = scopes.decide(grant.scope, contexts, needed.resource_type, needed.action)
+        if access.unfiltered:
+            return None
+        filters = [f for f in access.filters if f]
+        forbidden = 'Bearer realm="gateway", error="insufficient_scope"'
+        if self.api == "dicomweb" or not granular.enforceable(needed.resource_type, filters):
+            return self._refusal(
+                403,
+                "forbidden",
+                "The granted scope is limited by a filter this request cannot honour.",
+                forbidden,
+            )
+        if needed.action == "s":
+            try:
+                scope["query_string"] = granular.search_query(
+                    scope.get("query_string", b""), filters
+                )
+            except granular.CannotEnforce as exc:
+                return self._refusal(403, "forbidden", str(exc), forbidden)
+            return None
+        resource_id = path.strip("/").split("/")[1]
+        kind = (
+            "DocumentReference" if path.strip("/").startswith("Binary/") else needed.resource_type
+        )
+        if await granular.read_allowed(services, kind, resource_id, filters, visibility):
+            return None
+        return self._refusal(
+            403, "forbidden", "The resource is outside the granted scope's filter.", forbidden
+        )
 
     async def _visibility(
         self, index: PatientIndex, grant: AccessGrant, needed: Requirement

@@ -12,6 +12,7 @@ import pytest
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
+from pydicom import dcmread
 from starlette.testclient import TestClient
 
 from fixtures.generate import BENCH_PATIENT_ID
@@ -372,3 +373,52 @@ def test_registration(harness: Harness) -> None:
     assert harness.client.post("/oauth/register", content=b"{").status_code == 400
     no_uri = harness.client.post("/oauth/register", json={"client_name": "x"})
     assert no_uri.status_code == 400 and no_uri.json()["error"] == "invalid_redirect_uri"
+
+
+def test_granular_scopes_filter_searches_and_reads(
+    harness: Harness, fixture_files: list[Path]
+) -> None:
+    system = harness.backend_token("system/*.rs")
+    found = harness.client.get(
+        f"/fhir/Patient?identifier={BENCH_PATIENT_ID}", headers=bearer(system)
+    ).json()
+    patient_id = found["entry"][0]["resource"]["id"]
+    reports, manifests = set(), set()
+    for path in fixture_files:
+        ds = dcmread(path, stop_before_pixels=True)
+        if (ds.get("IssuerOfPatientID"), ds.PatientID) != ("HOSP-A", BENCH_PATIENT_ID):
+            continue
+        if ds.Modality == "KO":
+            manifests.add(str(ds.SOPInstanceUID))
+        elif ds.Modality in ("SR", "DOC"):
+            reports.add(str(ds.SOPInstanceUID))
+    assert reports and manifests
+    granular = "patient/DocumentReference.rs?type=http://loinc.org|18748-4"
+    token = harness.patient_token(
+        patient_id, f"launch/patient {granular} patient/ImagingStudy.rs?modality=CT"
+    )
+    # N18: the grant comes back exactly as asked, never widened.
+    assert granular in token["scope"].split()
+    assert "patient/DocumentReference.rs" not in token["scope"].split()
+    # N17: searches return only what the filter allows, whatever the client asks.
+    listed = harness.client.get("/fhir/DocumentReference?_count=100", headers=bearer(token)).json()
+    assert {e["resource"]["id"] for e in listed["entry"]} == reports
+    asked = harness.client.get("/fhir/DocumentReference?type=113030", headers=bearer(token)).json()
+    assert asked["total"] == 0
+    # ... and reads outside it are refused.
+    manifest = next(iter(manifests))
+    assert (
+        harness.client.get(f"/fhir/DocumentReference/{manifest}", headers=bearer(token)).status_code
+        == 403
+    )
+    assert harness.client.get(f"/fhir/Binary/{manifest}", headers=bearer(token)).status_code == 403
+    report = next(iter(reports))
+    assert (
+        harness.client.get(f"/fhir/DocumentReference/{report}", headers=bearer(token)).status_code
+        == 200
+    )
+    studies = harness.client.get("/fhir/ImagingStudy?_count=100", headers=bearer(token)).json()
+    assert studies["total"] >= 1
+    assert all(any(m["code"] == "CT" for m in e["resource"]["modality"]) for e in studies["entry"])
+    # A filter DICOMweb cannot express is refused rather than ignored.
+    assert harness.client.get("/dicomweb/studies", headers=bearer(token)).status_code == 403

@@ -157,7 +157,6 @@ def test_fhirclient_standalone_launch(server: dict[str, Any]) -> None:
     assert smart.ready and smart.patient_id == server["patient"]
     patient = smart.patient
     assert patient is not None and patient.id == server["patient"]
-    studies = ImagingStudy.where(struct={"patient": server["patient"]}).perform_resources(
-        smart.server
-    )
+    search = ImagingStudy.where(struct={"patient": server["patient"]})
+    studies = list(search.perform_resources_iter(smart.server))
     assert len(studies) == 10
