@@ -390,6 +390,7 @@ async def demo_sign_ins(
                 "fhir_id": patient["fhir_id"],
                 "name": patient["name"],
             }
+        smart["operator"] = await _demo_operator(settings, auth)
         try:
             await auth.accounts.add_practitioner("demo.doctor", "Grey^Meredith", passphrase)
             smart["practitioner"] = {"username": "demo.doctor", "password": passphrase}
@@ -398,6 +399,30 @@ async def demo_sign_ins(
         return smart
     finally:
         await auth.aclose()
+
+
+async def _demo_operator(settings: Settings, auth: Any) -> dict[str, Any]:
+    """A backend client for scripts; its private key is written next to demo.json."""
+    from joserfc.jwk import RSAKey
+
+    from gateway.auth.clients import ClientKind
+
+    key = RSAKey.generate_key(2048, parameters={"kid": "demo-operator", "alg": "RS384"})
+    created = await auth.clients.add(
+        name="Demo operator",
+        kind=ClientKind.backend,
+        jwks={"keys": [key.as_dict(private=False)]},
+        scope="system/*.rs system/ImagingStudy.c",
+    )
+    key_path = settings.data_dir / "demo-operator-key.json"
+    key_path.write_text(json.dumps(key.as_dict(private=True)), encoding="utf-8")
+    key_path.chmod(0o600)
+    client_id = created.client.client_id
+    return {
+        "client_id": client_id,
+        "private_key": str(key_path),
+        "token": f"gateway tokens issue --client {client_id} --scope 'system/*.rs'",
+    }
 
 
 @app.command()

@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gateway.auth import scopes
 from gateway.auth.accounts import AccountError
 from gateway.auth.clients import ClientKind, RegistrationError, describe
 from gateway.auth.service import AuthServices
@@ -33,6 +34,7 @@ clients_app = typer.Typer(help="Apps, EHRs and backend services that may ask for
 patients_app = typer.Typer(help="Patients who sign in with an access code.")
 users_app = typer.Typer(help="Practitioners who sign in with a username.")
 keys_app = typer.Typer(help="The server's token signing keys.")
+tokens_app = typer.Typer(help="Access tokens, issued by hand for operators and scripts.")
 
 
 def _settings() -> Settings:
@@ -222,6 +224,28 @@ def keys_rotate() -> None:
     _print({"kid": _with_auth(rotate)})
 
 
+@tokens_app.command("issue")
+def tokens_issue(
+    client: Annotated[str, typer.Option(help="A registered client with system/ scopes.")],
+    scope: Annotated[str, typer.Option(help="system/ scopes, within the client's own.")],
+) -> None:
+    """Issue a backend (system/) token for a client, as client_credentials would."""
+
+    async def issue(settings: Settings, database: Database, auth: AuthServices) -> Any:
+        registered = await auth.clients.get(client)
+        if registered is None:
+            raise RegistrationError(f"no client {client}")
+        allowed = [s for s in scopes.split(registered.scope) if s.startswith("system/")]
+        granted = scopes.narrow(allowed, scopes.split(scope))
+        if not granted:
+            raise RegistrationError(
+                f"the client's system scopes ({' '.join(allowed) or 'none'}) do not include that"
+            )
+        return await auth.tokens.client_credentials(registered.client_id, granted)
+
+    _print(_with_auth(issue))
+
+
 def launch(
     client: Annotated[str, typer.Option(help="The app's client_id.")],
     patient: Annotated[str, typer.Option(help="The patient's FHIR id.")],
@@ -251,4 +275,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(patients_app, name="patients", no_args_is_help=True)
     app.add_typer(users_app, name="users", no_args_is_help=True)
     app.add_typer(keys_app, name="keys", no_args_is_help=True)
+    app.add_typer(tokens_app, name="tokens", no_args_is_help=True)
     app.command("launch")(launch)

@@ -65,6 +65,15 @@ def test_clients_add_list_remove(data_dir: Path, tmp_path: Path) -> None:
         "--ehr",
     )
     assert backend["token_endpoint_auth_method"] == "private_key_jwt" and backend["ehr"]
+    issued = run(
+        "tokens", "issue", "--client", backend["client_id"], "--scope", "system/ImagingStudy.rs"
+    )
+    assert issued["access_token"] and issued["scope"] == "system/ImagingStudy.rs"
+    assert issued["expires_in"] <= 300
+    wider = runner.invoke(
+        app, ["tokens", "issue", "--client", backend["client_id"], "--scope", "system/*.cruds"]
+    )
+    assert wider.exit_code == 2 and "do not include" in wider.output
     listed = run("clients", "list", "--json")
     assert {c["client_name"] for c in listed} == {"Viewer", "Portal", "EHR"}
     assert symmetric["client_secret"] not in json.dumps(listed)

@@ -99,6 +99,10 @@ def test_demo_seeds_once_and_describes_itself(data_dir: Path) -> None:
     assert len(smart["patient"]["access_code"]) == 8
     assert smart["patient"]["fhir_id"] == summary["patients"][0]["fhir_id"]
     assert smart["practitioner"]["username"] == "demo.doctor"
+    operator = smart["operator"]
+    assert Path(operator["private_key"]).stat().st_mode & 0o077 == 0
+    issued = runner.invoke(app, [*operator["token"].split()[1:5], "--scope", "system/*.rs"])
+    assert issued.exit_code == 0 and json.loads(issued.stdout)["access_token"]
 
 
 @pytest.mark.orthanc
