@@ -10,9 +10,11 @@ FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/gateway --create-home gateway
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+COPY smart_apps /opt/gateway/smart_apps
 USER gateway
 WORKDIR /var/lib/gateway
 ENV GATEWAY_DATA_DIR=/var/lib/gateway/data \
+    GATEWAY_APPS_DIR=/opt/gateway/smart_apps \
     PYTHONUNBUFFERED=1
 VOLUME ["/var/lib/gateway/data"]
 EXPOSE 8080

@@ -12,5 +12,7 @@ test-fast:   ## unit tests only: no Orthanc, no PostgreSQL
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
 
-bench:       ## FHIR search through the gateway vs direct QIDO, on a private Orthanc
+bench:       ## FHIR search and DICOMweb vs direct Orthanc; the per-request token check
 	.venv/bin/python bench/fhir_search.py
+	.venv/bin/python bench/dicomweb.py
+	.venv/bin/python bench/token_check.py

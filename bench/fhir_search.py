@@ -72,6 +72,8 @@ def start_gateway(
         GATEWAY_STUDY_CACHE_SECONDS=str(cache_seconds),
         GATEWAY_PUBLIC_URL=base,
         GATEWAY_LOG_LEVEL="warning",
+        # The relay is measured here; the token gate's cost is bench/token_check.py's.
+        GATEWAY_AUTH_REQUIRED="false",
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--migrate"],

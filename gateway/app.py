@@ -30,11 +30,12 @@ logger = logging.getLogger(__name__)
 SMART_APPS = Path(__file__).resolve().parents[1] / "smart_apps"
 
 
-def _apps() -> list[BaseRoute]:
-    """The bundled demo SMART apps, served as static files when the checkout has them."""
-    if not SMART_APPS.is_dir():
+def _apps(settings: Settings) -> list[BaseRoute]:
+    """The bundled demo SMART apps, served as static files when there are any."""
+    folder = settings.apps_dir or SMART_APPS
+    if not folder.is_dir():
         return []
-    return [Mount("/apps", app=StaticFiles(directory=SMART_APPS, html=True), name="apps")]
+    return [Mount("/apps", app=StaticFiles(directory=folder, html=True), name="apps")]
 
 
 def create_app(
@@ -79,7 +80,7 @@ def create_app(
                 routes=dicomweb_routes.routes(),
                 middleware=[Middleware(BearerTokenMiddleware, api="dicomweb")],
             ),
-            *_apps(),
+            *_apps(settings),
             Route("/healthz", operations.healthz, methods=["GET"]),
             Route("/readyz", operations.readyz, methods=["GET"]),
             Route("/metrics", operations.metrics, methods=["GET"]),

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
         True, description="Allow RFC 7591 registration of public clients at /oauth/register."
     )
     jwks_cache_seconds: Annotated[int, Field(ge=0, le=86_400)] = 300
+    apps_dir: Path | None = Field(
+        None,
+        description="Folder of SMART apps served at /apps; empty: the checkout's smart_apps.",
+    )
     cors_origins: str = Field(
         "*",
         description="Origins allowed to call the API from a browser: * or a space-separated list.",
