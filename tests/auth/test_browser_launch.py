@@ -1,0 +1,95 @@
+"""A standalone launch in a real headless Chromium: the demo viewer, sign-in, consent, studies.
+
+Playwright drives Debian's Chromium (``executable_path``); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fixtures.generate import BENCH_PATIENT_ID
+from gateway.auth.clients import ClientKind
+from gateway.auth.service import AuthServices
+from gateway.store.database import Database
+from gateway.store.patients import PatientIndex
+from tests.conftest import make_settings, serve_gateway
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+PASSPHRASE = "browser test passphrase"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def gateway_with_viewer(
+    tmp_path_factory: pytest.TempPathFactory, embedded_data_dir: Path
+) -> Iterator[dict[str, Any]]:
+    workdir = tmp_path_factory.mktemp("browser")
+    with serve_gateway(workdir, data_dir=str(embedded_data_dir), auth_required="true") as base:
+        settings = make_settings(
+            embedded_data_dir,
+            database_url=f"sqlite+aiosqlite:///{workdir / 'gateway.db'}",
+            public_url=base,
+        )
+
+        async def prepare() -> dict[str, Any]:
+            database = Database(settings.effective_database_url)
+            auth = AuthServices.build(settings, database.sessions)
+            try:
+                key = ("HOSP-A", BENCH_PATIENT_ID)
+                fhir_id = (await PatientIndex(database.sessions).ids_for([key]))[key]
+                account = await auth.accounts.enroll_patient(fhir_id, "1961-04-12", "Jane Doe")
+                viewer = f"{base}/apps/viewer/"
+                app = await auth.clients.add(
+                    name="Demo viewer", kind=ClientKind.public, redirect_uris=[viewer]
+                )
+                return {
+                    "base": base,
+                    "viewer": f"{viewer}?client_id={app.client.client_id}",
+                    "code": account.login,
+                }
+            finally:
+                await auth.aclose()
+                await database.dispose()
+
+        yield asyncio.run(prepare())
+
+
+def test_patient_activates_shares_and_sees_studies(gateway_with_viewer: dict[str, Any]) -> None:
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: scripts/test.sh installs the Debian package chromium")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(gateway_with_viewer["viewer"])
+            page.get_by_role("button", name="Sign in and share my images").click()
+            # First visit: activate the access code with the date of birth.
+            page.get_by_text("First time here? Activate your access code").click()
+            page.fill("#activate_code", gateway_with_viewer["code"])
+            page.fill("#birth_date", "1961-04-12")
+            page.fill("#new_passphrase", PASSPHRASE)
+            page.get_by_role("button", name="Activate and sign in").click()
+            page.wait_for_url("**/oauth/consent**")
+            assert "Demo viewer" in page.inner_text("h1")
+            # Keep studies, untick documents.
+            page.get_by_label("Read and search your reports and documents").uncheck()
+            page.get_by_role("button", name="Approve").click()
+            page.wait_for_url(f"{gateway_with_viewer['base']}/apps/viewer/**")
+            page.wait_for_function(
+                "['shared with this app', 'refused', 'Error', 'failed']"
+                ".some((w) => document.getElementById('status').textContent.includes(w))"
+            )
+            status = page.inner_text("#status")
+            assert status == "10 imaging studies shared with this app.", status
+            assert "Jane Doe" in page.inner_text("#banner")
+            page.wait_for_selector(".thumbs img", timeout=15_000)
+            assert page.locator(".study").count() == 10
+        finally:
+            browser.close()
