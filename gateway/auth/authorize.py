@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.auth import scopes
+from gateway.auth import jacket, scopes
 from gateway.auth.accounts import AccountError
 from gateway.auth.client_auth import bearer_token
 from gateway.auth.clients import ClientKind
@@ -277,9 +277,14 @@ async def consent(request: Request) -> Response:
         request_id = request.query_params.get("request", "")
         fields: dict[str, Any] = {}
     else:
-        form = await request.form(max_files=0, max_fields=128)
-        fields = {"scope": [v for v in form.getlist("scope") if isinstance(v, str)]}
-        fields.update({k: v for k, v in form.items() if isinstance(v, str) and k != "scope"})
+        form = await request.form(max_files=0, max_fields=jacket.MAX_STUDIES + 128)
+        fields = {
+            name: [v for v in form.getlist(name) if isinstance(v, str)]
+            for name in ("scope", "study")
+        }
+        fields.update(
+            {k: v for k, v in form.items() if isinstance(v, str) and k not in ("scope", "study")}
+        )
         request_id = fields.get("request", "")
     browser, pending = await _pending(request, services, request_id)
     if browser is None or pending is None:
@@ -293,12 +298,20 @@ async def consent(request: Request) -> Response:
     if client is None:
         return error_page("The app is no longer registered.")
     offered = offered_scopes(account, pending)
+    # A patient chooses which studies, and for how long (the RSNA Image Share jacket).
+    studies = (
+        await jacket.studies_of(services, account.patient_fhir_id or "")
+        if account.kind == "patient"
+        else None
+    )
     if request.method == "GET":
         return page(
             "consent.html",
             client_name=client.name,
             user_name=account.display_name or f"access code …{account.login[-4:]}",
             permissions=[(s, scopes.describe(s)) for s in offered],
+            jacket=studies,
+            durations=[(k, label) for k, (label, _) in jacket.DURATIONS.items()],
             csrf_token=browser.csrf_token,
             request_id=request_id,
             action=f"{services.settings.oauth_base_url}/consent",
@@ -320,6 +333,24 @@ async def consent(request: Request) -> Response:
             {"error": "access_denied", "error_description": "Nothing was allowed.", "state": state},
         )
     context = _context(services, account, pending, granted)
+    if studies is not None:
+        chosen = _chosen_studies(fields, studies)
+        if chosen is None:
+            return redirect_to_app(
+                pending["redirect_uri"],
+                {
+                    "error": "access_denied",
+                    "error_description": "No study was chosen.",
+                    "state": state,
+                },
+            )
+        if chosen != "all":
+            context["studies"] = chosen
+            context["fhirContext"] = [{"reference": f"ImagingStudy/{uid}"} for uid in chosen]
+        duration = fields.get("duration", "revoke")
+        until = jacket.consent_until(duration if duration in jacket.DURATIONS else "revoke")
+        if until:
+            context["consent_until"] = until
     code = await services.auth.tokens.create_code(
         client_id=client.client_id,
         account_id=account.id,
@@ -330,6 +361,17 @@ async def consent(request: Request) -> Response:
         nonce=pending.get("nonce"),
     )
     return redirect_to_app(pending["redirect_uri"], {"code": code, "state": state})
+
+
+def _chosen_studies(
+    fields: dict[str, Any], studies: list[jacket.JacketStudy]
+) -> list[str] | str | None:
+    """ "all", the ticked studies that are the patient's own, or None when none was ticked."""
+    if fields.get("studies", "all") != "selected":
+        return "all"
+    own = {study.uid for study in studies}
+    chosen = [uid for uid in dict.fromkeys(fields.get("study", [])) if uid in own]
+    return chosen or None
 
 
 def _context(

@@ -97,8 +97,7 @@ class BearerTokenMiddleware:
             needed = None  # SMART: a token may always read its own fhirUser
             visibility = Visibility(patients=None) if not grant.patient else NOTHING
             if grant.patient:
-                key = await services.patient_index.key_for(grant.patient)
-                visibility = Visibility(patients=frozenset({key} if key else set()))
+                visibility = await patient_visibility(services.patient_index, grant)
         if needed is not None:
             visibility_or_none = await self._visibility(services.patient_index, grant, needed)
             if visibility_or_none is None:
@@ -171,8 +170,7 @@ class BearerTokenMiddleware:
         confined = scopes.decide(grant.scope, ("patient",), needed.resource_type, needed.action)
         if not confined.allowed or not grant.patient:
             return None
-        key = await index.key_for(grant.patient)
-        return Visibility(patients=frozenset({key} if key else set()))
+        return await patient_visibility(index, grant)
 
     def _refusal(self, status: int, code: str, message: str, challenge: str) -> Response:
         headers = {"WWW-Authenticate": challenge}
@@ -182,6 +180,14 @@ class BearerTokenMiddleware:
             )
         headers["Warning"] = f'299 gateway "{message}"'
         return PlainTextResponse(message + "\n", status_code=status, headers=headers)
+
+
+async def patient_visibility(index: PatientIndex, grant: AccessGrant) -> Visibility:
+    """The patient in context, and only the studies the patient chose, if they chose."""
+    key = await index.key_for(grant.patient or "")
+    chosen = grant.context.get("studies")
+    studies = frozenset(str(uid) for uid in chosen) if isinstance(chosen, list) else None
+    return Visibility(patients=frozenset({key} if key else set()), studies=studies)
 
 
 def _own_user_resource(grant: AccessGrant, path: str) -> bool:

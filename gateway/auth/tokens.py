@@ -62,6 +62,17 @@ class AccessGrant:
         return str(value) if value else None
 
 
+def consent_ended(context: dict[str, Any]) -> bool:
+    """A patient's consent chosen for a while (one day, one week, ...) that is over."""
+    until = context.get("consent_until")
+    if not until:
+        return False
+    try:
+        return datetime.fromisoformat(str(until)) <= utcnow()
+    except ValueError:
+        return True  # unreadable: treat as ended rather than as forever
+
+
 def s256(verifier: str) -> str:
     """PKCE S256: base64url(SHA-256(verifier)) without padding (RFC 7636 4.2)."""
     hashed = hashlib.sha256(verifier.encode("ascii", "replace")).digest()
@@ -248,6 +259,8 @@ class TokenService:
             grant = await session.get(Grant, stored.grant_id)
             if grant is None or grant.revoked_at is not None:
                 raise InvalidGrantError("The authorization was withdrawn.")
+            if consent_ended(grant.context or {}):
+                raise InvalidGrantError("The patient's consent has ended.")
             held = scopes.split(stored.scope)
             wanted = held if requested is None else scopes.split(requested)
             narrowed = scopes.narrow(held, wanted)
@@ -276,14 +289,15 @@ class TokenService:
         if row.kind != "access" or row.token_revoked or row.grant_revoked:
             return None
         expires_at = as_utc(row.expires_at)
-        if expires_at <= utcnow():
+        context = dict(row.context or {})
+        if expires_at <= utcnow() or consent_ended(context):
             return None
         return AccessGrant(
             grant_id=row.grant_id,
             client_id=row.client_id,
             account_id=row.account_id,
             scope=tuple(scopes.split(row.scope)),
-            context=dict(row.context or {}),
+            context=context,
             expires_at=expires_at,
             issued_at=as_utc(row.created_at),
         )

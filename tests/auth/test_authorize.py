@@ -12,9 +12,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
+from sqlalchemy import select
 
 from fixtures.generate import BENCH_PATIENT_ID
 from gateway.auth.clients import ClientKind
+from gateway.store.models import Grant
 from tests.auth.test_oauth_api import Harness, bearer
 from tests.auth.test_oauth_api import harness as harness
 
@@ -370,3 +372,82 @@ async def _make_ehr(harness: Harness, client_id: str) -> None:
         assert client is not None
         client.ehr = True
         await session.commit()
+
+
+async def _end_consent(harness: Harness, client_id: str) -> None:
+    async with harness.services.database.sessions() as session:
+        for grant in await session.scalars(select(Grant).where(Grant.client_id == client_id)):
+            grant.context = {**grant.context, "consent_until": "2000-01-01T00:00:00+00:00"}
+        await session.commit()
+
+
+def test_the_patient_picks_two_studies_for_a_day(harness: Harness, patient: dict[str, str]) -> None:
+    app = harness.call(
+        harness.services.auth.clients.add,
+        name="Second opinion",
+        kind=ClientKind.public,
+        redirect_uris=[REDIRECT],
+    ).client.client_id
+    verifier, challenge = pkce()
+    params = authorize_params(
+        app,
+        challenge,
+        scope="launch/patient offline_access patient/ImagingStudy.rs patient/DocumentReference.rs",
+    )
+    consent_page = follow_to_consent(harness, params, patient)
+    offered = re.findall(r'name="study" value="([^"]*)"', consent_page)
+    assert len(offered) == 10  # the patient's jacket
+    assert "report available" in consent_page and "One week" in consent_page
+    chosen = offered[:2]
+    answer = harness.client.post(
+        "/oauth/consent",
+        data={
+            "csrf_token": hidden(consent_page, "csrf_token"),
+            "request": hidden(consent_page, "request"),
+            "decision": "approve",
+            "scope": re.findall(r'name="scope" value="([^"]*)"', consent_page),
+            "studies": "selected",
+            "study": [*chosen, "1.2.3.4.5.6.7.8"],  # a UID not in the jacket is ignored
+            "duration": "1d",
+        },
+        follow_redirects=False,
+    )
+    code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
+    token = harness.client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "code_verifier": verifier,
+            "client_id": app,
+        },
+    ).json()
+    assert token["fhirContext"] == [{"reference": f"ImagingStudy/{uid}"} for uid in chosen]
+    headers = bearer(token)
+    studies = harness.client.get("/fhir/ImagingStudy?_count=50", headers=headers).json()
+    assert {e["resource"]["id"] for e in studies["entry"]} == set(chosen)
+    qido = harness.client.get("/dicomweb/studies?PatientID=*", headers=headers).json()
+    assert {s["0020000D"]["Value"][0] for s in qido} == set(chosen)
+    documents = harness.client.get("/fhir/DocumentReference?_count=50", headers=headers).json()
+    for entry in documents.get("entry", []):
+        related = entry["resource"]["context"]["related"][0]["reference"]
+        assert related.removeprefix("ImagingStudy/") in chosen
+    other = offered[2]
+    assert harness.client.get(f"/fhir/ImagingStudy/{other}", headers=headers).status_code == 404
+    assert (
+        harness.client.get(f"/dicomweb/studies/{other}/metadata", headers=headers).status_code
+        == 404
+    )
+    # The day is over: the tokens stop, and so does the refresh.
+    harness.call(_end_consent, harness, app)
+    assert harness.client.get("/fhir/ImagingStudy", headers=headers).status_code == 401
+    refreshed = harness.client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": token["refresh_token"],
+            "client_id": app,
+        },
+    )
+    assert refreshed.status_code == 400

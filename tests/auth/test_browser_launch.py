@@ -23,6 +23,7 @@ from tests.conftest import make_settings, serve_gateway
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 PASSPHRASE = "browser test passphrase"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +61,11 @@ def gateway_with_viewer(
         yield asyncio.run(prepare())
 
 
-def test_patient_activates_shares_and_sees_studies(gateway_with_viewer: dict[str, Any]) -> None:
+def test_patient_activates_and_shares_two_studies(gateway_with_viewer: dict[str, Any]) -> None:
     playwright_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.fail("Chromium is missing: scripts/test.sh installs the Debian package chromium")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
@@ -78,8 +80,15 @@ def test_patient_activates_shares_and_sees_studies(gateway_with_viewer: dict[str
             page.get_by_role("button", name="Activate and sign in").click()
             page.wait_for_url("**/oauth/consent**")
             assert "Demo viewer" in page.inner_text("h1")
-            # Keep studies, untick documents.
+            # Keep studies, untick documents, and share only two studies for a week.
             page.get_by_label("Read and search your reports and documents").uncheck()
+            page.get_by_label("Only the studies I tick below").check()
+            boxes = page.locator('input[name="study"]')
+            assert boxes.count() == 10
+            boxes.nth(0).check()
+            boxes.nth(1).check()
+            page.get_by_label("One week").check()
+            page.screenshot(path=str(ARTIFACTS / "consent.png"), full_page=True)
             page.get_by_role("button", name="Approve").click()
             page.wait_for_url(f"{gateway_with_viewer['base']}/apps/viewer/**")
             page.wait_for_function(
@@ -87,9 +96,10 @@ def test_patient_activates_shares_and_sees_studies(gateway_with_viewer: dict[str
                 ".some((w) => document.getElementById('status').textContent.includes(w))"
             )
             status = page.inner_text("#status")
-            assert status == "10 imaging studies shared with this app.", status
+            assert status == "2 imaging studies shared with this app.", status
             assert "Jane Doe" in page.inner_text("#banner")
             page.wait_for_selector(".thumbs img", timeout=15_000)
-            assert page.locator(".study").count() == 10
+            assert page.locator(".study").count() == 2
+            page.screenshot(path=str(ARTIFACTS / "viewer.png"), full_page=True)
         finally:
             browser.close()
