@@ -21,6 +21,7 @@ from gateway.auth import routes as auth_routes
 from gateway.auth.enforcement import BearerTokenMiddleware
 from gateway.dicomweb import routes as dicomweb_routes
 from gateway.fhir import routes as fhir_routes
+from gateway.portal import routes as portal_routes
 from gateway.services import Services
 from gateway.settings import Settings
 
@@ -70,6 +71,7 @@ def create_app(
         routes=[
             *auth_routes.discovery_routes(),
             Mount("/oauth", routes=auth_routes.routes()),
+            Mount("/portal", routes=portal_routes.routes()),
             Mount(
                 "/fhir",
                 routes=fhir_routes.routes(),

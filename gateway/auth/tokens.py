@@ -15,14 +15,21 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidScopeError
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.auth import scopes
 from gateway.auth.keys import KeyStore
 from gateway.auth.secrets import digest, new_id, new_token, same
 from gateway.settings import Settings
-from gateway.store.models import AuthorizationCode, Grant, Token, as_utc, utcnow
+from gateway.store.models import (
+    AuthorizationCode,
+    Grant,
+    OAuthClient,
+    Token,
+    as_utc,
+    utcnow,
+)
 
 REFRESH_SCOPES = ("offline_access", "online_access")
 _TOKEN, _GRANT = Token.__table__, Grant.__table__
@@ -332,6 +339,37 @@ class TokenService:
                 return  # unknown or another client's: answered 200 all the same
             await self._revoke_grant(session, stored.grant_id)
             await session.commit()
+
+    async def grants_of(self, account_id: str) -> list[tuple[Grant, str, datetime | None]]:
+        """The account's live grants: (grant, app name, when a token was last issued)."""
+        last = (
+            select(Token.grant_id, func.max(Token.created_at).label("last_issued"))
+            .group_by(Token.grant_id)
+            .subquery()
+        )
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(Grant, OAuthClient.name, last.c.last_issued)
+                .join(OAuthClient, OAuthClient.client_id == Grant.client_id)
+                .outerjoin(last, last.c.grant_id == Grant.id)
+                .where(Grant.account_id == account_id, Grant.revoked_at.is_(None))
+                .order_by(Grant.created_at.desc())
+            )
+            return [
+                (grant, name, as_utc(issued) if issued else None)
+                for grant, name, issued in rows.all()
+                if not consent_ended(grant.context or {})
+            ]
+
+    async def revoke_for_account(self, grant_id: str, account_id: str) -> bool:
+        """The patient withdraws a grant: every token of it stops at the next request."""
+        async with self.sessions() as session:
+            grant = await session.get(Grant, grant_id)
+            if grant is None or grant.account_id != account_id or grant.revoked_at:
+                return False
+            await self._revoke_grant(session, grant_id)
+            await session.commit()
+        return True
 
     async def _revoke_grant(self, session: AsyncSession, grant_id: str) -> None:
         now = utcnow()

@@ -53,6 +53,8 @@ async function finish(code, state) {
   const token = await response.json();
   if (!response.ok) { status(`Token refused: ${token.error_description || token.error}`, true); return; }
   history.replaceState(null, "", REDIRECT);
+  // Kept for this tab only, so that a reload can show that a revoked token stops working.
+  sessionStorage.setItem("viewer.token", token.access_token);
   await show(saved.iss, token);
 }
 

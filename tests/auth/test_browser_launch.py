@@ -101,5 +101,28 @@ def test_patient_activates_and_shares_two_studies(gateway_with_viewer: dict[str,
             page.wait_for_selector(".thumbs img", timeout=15_000)
             assert page.locator(".study").count() == 2
             page.screenshot(path=str(ARTIFACTS / "viewer.png"), full_page=True)
+            # The patient withdraws the app in the portal.
+            portal = browser.new_page()
+            portal.goto(f"{gateway_with_viewer['base']}/portal/signin")
+            portal.fill("#access_code", gateway_with_viewer["code"])
+            portal.fill("#passphrase", PASSPHRASE)
+            portal.get_by_role("button", name="Sign in", exact=True).click()
+            portal.wait_for_url("**/portal/")
+            assert portal.locator("tbody tr").count() == 10
+            portal.get_by_role("link", name="Apps").click()
+            portal.screenshot(path=str(ARTIFACTS / "portal-apps.png"), full_page=True)
+            portal.get_by_role("button", name="Revoke Demo viewer").click()
+            portal.wait_for_url("**/portal/apps?revoked=1")
+            assert "No app can see your images" in portal.inner_text("main")
+            # The viewer's token is refused from now on.
+            refused = page.evaluate(
+                """async (base) => {
+                    const token = window.sessionStorage.getItem('viewer.token');
+                    const headers = {Authorization: 'Bearer ' + token};
+                    return (await fetch(base + '/fhir/ImagingStudy', {headers})).status;
+                }""",
+                gateway_with_viewer["base"],
+            )
+            assert refused == 401
         finally:
             browser.close()
