@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway import __version__, operations
+from gateway.audit import AuditMiddleware
 from gateway.auth import routes as auth_routes
 from gateway.auth.enforcement import BearerTokenMiddleware
 from gateway.dicomweb import routes as dicomweb_routes
@@ -75,12 +76,18 @@ def create_app(
             Mount(
                 "/fhir",
                 routes=fhir_routes.routes(),
-                middleware=[Middleware(BearerTokenMiddleware, api="fhir")],
+                middleware=[
+                    Middleware(AuditMiddleware, api="fhir"),
+                    Middleware(BearerTokenMiddleware, api="fhir"),
+                ],
             ),
             Mount(
                 "/dicomweb",
                 routes=dicomweb_routes.routes(),
-                middleware=[Middleware(BearerTokenMiddleware, api="dicomweb")],
+                middleware=[
+                    Middleware(AuditMiddleware, api="dicomweb"),
+                    Middleware(BearerTokenMiddleware, api="dicomweb"),
+                ],
             ),
             *_apps(settings),
             Route("/healthz", operations.healthz, methods=["GET"]),

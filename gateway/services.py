@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from gateway.access import AccessPolicy, AllowEverything
+from gateway.audit import Auditor
 from gateway.auth.enforcement import SmartPolicy
 from gateway.auth.service import AuthServices
 from gateway.dicomweb.upstream import Upstream, create_upstream
@@ -31,6 +32,7 @@ class Services:
     patients: PatientService
     documents: DocumentReferenceService
     auth: AuthServices
+    audit: Auditor
     policy: AccessPolicy = field(default_factory=AllowEverything)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -71,6 +73,7 @@ class Services:
                 max_candidates=settings.max_search_candidates,
             ),
             auth=AuthServices.build(settings, database.sessions),
+            audit=Auditor(database.sessions),
             policy=policy or (SmartPolicy() if settings.auth_required else AllowEverything()),
         )
 

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.audit import AuditEntry
 from gateway.auth import jacket, scopes
 from gateway.auth.accounts import AccountError
 from gateway.auth.client_auth import bearer_token
@@ -219,6 +220,7 @@ async def signin(request: Request) -> Response:
             account = account if account and account.kind == "patient" else None
     except AccountError as exc:
         return await _signin_page(services, browser, pending, request_id, str(exc), 400)
+    await audit_sign_in(services, account, mode or "patient")
     if account is None:
         return await _signin_page(services, browser, pending, request_id, SIGN_IN_FAILED, 401)
     cookie, _ = await services.auth.browser_sessions.sign_in(browser, account.id)
@@ -321,6 +323,15 @@ async def consent(request: Request) -> Response:
     await services.auth.browser_sessions.drop_pending(request_id)
     state = pending["state"]
     if fields.get("decision") != "approve":
+        await services.audit.record(
+            AuditEntry(
+                category="consent",
+                action="deny",
+                outcome=403,
+                client_id=client.client_id,
+                patient=account.patient_fhir_id,
+            )
+        )
         return redirect_to_app(
             pending["redirect_uri"],
             {"error": "access_denied", "error_description": "The user said no.", "state": state},
@@ -351,6 +362,20 @@ async def consent(request: Request) -> Response:
         until = jacket.consent_until(duration if duration in jacket.DURATIONS else "revoke")
         if until:
             context["consent_until"] = until
+    chosen_studies = context.get("studies")
+    await services.audit.record(
+        AuditEntry(
+            category="consent",
+            action="grant",
+            outcome=200,
+            client_id=client.client_id,
+            user=context.get("fhirUser"),
+            patient=context.get("patient") or account.patient_fhir_id,
+            detail=f"scope: {' '.join(granted)}; studies: "
+            + (", ".join(chosen_studies) if isinstance(chosen_studies, list) else "all")
+            + (f"; until {context['consent_until']}" if context.get("consent_until") else ""),
+        )
+    )
     code = await services.auth.tokens.create_code(
         client_id=client.client_id,
         account_id=account.id,
@@ -361,6 +386,20 @@ async def consent(request: Request) -> Response:
         nonce=pending.get("nonce"),
     )
     return redirect_to_app(pending["redirect_uri"], {"code": code, "state": state})
+
+
+async def audit_sign_in(services: Services, account: Account | None, mode: str) -> None:
+    """Sign-ins, good and bad, are audited; a failure names nobody (no enumeration)."""
+    await services.audit.record(
+        AuditEntry(
+            category="login",
+            action="activate" if mode == "activate" else "sign-in",
+            outcome=200 if account else 401,
+            user=account.id if account else None,
+            patient=account.patient_fhir_id if account else None,
+            detail="" if account else "failed sign-in",
+        )
+    )
 
 
 def _chosen_studies(

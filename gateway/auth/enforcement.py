@@ -28,7 +28,14 @@ if TYPE_CHECKING:
     from gateway.services import Services
 
 OPEN_FHIR_PATHS = frozenset({"/metadata", "/.well-known/smart-configuration"})
-FHIR_TYPES = ("ImagingStudy", "Patient", "DocumentReference", "Endpoint", "Practitioner")
+FHIR_TYPES = (
+    "ImagingStudy",
+    "Patient",
+    "DocumentReference",
+    "Endpoint",
+    "Practitioner",
+    "AuditEvent",
+)
 _QIDO = re.compile(
     r"/(studies|series|instances|studies/[^/]+/(series|instances)|studies/[^/]+/series/[^/]+/instances)"
 )

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.audit import AuditEntry
 from gateway.auth import authorize, discovery, scopes
 from gateway.auth.client_auth import bearer_token, require_form
 from gateway.auth.clients import ClientKind, RegistrationError, describe
@@ -90,7 +91,26 @@ async def read_form(request: Request) -> dict[str, str]:
 
 @oauth_endpoint
 async def token(request: Request, services: Services) -> Response:
-    form = await read_form(request)
+    """RFC 6749 section 3.2; every answer, granted or refused, is audited first."""
+    form: dict[str, str] = {}
+    try:
+        form = await read_form(request)
+        response = await _token(request, services, form)
+    except OAuth2Error as exc:
+        await services.audit.record(
+            AuditEntry(
+                category="token",
+                action=form.get("grant_type", "token")[:64],
+                outcome=401 if exc.error == "invalid_client" else 400,
+                client_id=form.get("client_id"),
+                detail=f"refused: {exc.error}",
+            )
+        )
+        raise
+    return response
+
+
+async def _token(request: Request, services: Services, form: dict[str, str]) -> Response:
     grant_type = require_form(form, "grant_type")
     if grant_type not in GRANT_TYPES:
         raise UnsupportedGrantTypeError(grant_type[:40])
@@ -122,6 +142,17 @@ async def token(request: Request, services: Services) -> Response:
                 description="The scope is not among the client's system scopes."
             )
         answer = await auth.tokens.client_credentials(client.client_id, granted)
+    patient = answer.get("patient")
+    await services.audit.record(
+        AuditEntry(
+            category="token",
+            action=grant_type,
+            outcome=200,
+            client_id=client.client_id,
+            patient=patient if isinstance(patient, str) else None,
+            detail=f"issued scope: {answer.get('scope', '')}",
+        )
+    )
     return JSONResponse(answer, headers=NO_STORE)
 
 
@@ -155,6 +186,9 @@ async def revoke(request: Request, services: Services) -> Response:
         request.headers.get("authorization"),
     )
     await services.auth.tokens.revoke(require_form(form, "token"), client.client_id)
+    await services.audit.record(
+        AuditEntry(category="token", action="revoke", outcome=200, client_id=client.client_id)
+    )
     return Response(status_code=200, headers=NO_STORE)
 
 

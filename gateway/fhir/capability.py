@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway import __version__
+from gateway.audit import SEARCH_PARAMETERS as AUDIT_SEARCH
 from gateway.fhir import documents, patients, studies
 from gateway.fhir.mapping import Resource
 
@@ -54,6 +55,7 @@ def capability_statement(
                     resource("Patient", patients.SEARCH_PARAMETERS),
                     resource("Endpoint", {"_id": ("token", "The endpoint's id")}),
                     resource("DocumentReference", documents.SEARCH_PARAMETERS),
+                    resource("AuditEvent", AUDIT_SEARCH),
                     {
                         "type": "Practitioner",
                         "profile": "http://hl7.org/fhir/StructureDefinition/Practitioner",

@@ -6,16 +6,19 @@ import base64
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.audit import SEARCH_PARAMETERS as AUDIT_SEARCH
+from gateway.audit import audit_event
 from gateway.auth import discovery
 from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb import instances
 from gateway.errors import BadRequest, GatewayError, NotFound
-from gateway.fhir import bundle, documents, mapping, patients, studies
+from gateway.fhir import bundle, documents, mapping, params, patients, studies
 from gateway.fhir.capability import capability_statement
 from gateway.fhir.document_mapping import DICOM
 from gateway.fhir.params import SearchRequest, paging
@@ -229,6 +232,76 @@ def practitioner_resource(account_id: str, display_name: str) -> mapping.Resourc
     return {"resourceType": "Practitioner", "id": account_id, "active": True, "name": [name]}
 
 
+def _audit_patient_scope(request: Request, requested: str | None) -> str | None:
+    """A patient token sees only its patient's events, whatever it asks for."""
+    grant = getattr(request.state, "grant", None)
+    visibility = getattr(request.state, "visibility", None)
+    confined = visibility is not None and visibility.patients is not None
+    if confined:
+        own = getattr(grant, "patient", None) or "-"
+        return own if requested in (None, own) else "-"
+    return requested
+
+
+@fhir_endpoint
+async def search_audit_event(request: Request, services: Services) -> Response:
+    settings = services.settings
+    query = search_request(request, AUDIT_SEARCH)
+    page = paging(query, settings.page_size, settings.max_page_size)
+    patient = None
+    for value in query.all("patient"):
+        patient = params.references("patient", value, "Patient", settings.fhir_base_url)[0]
+    study = None
+    for value in query.all("entity"):
+        reference = value.removeprefix(settings.fhir_base_url + "/")
+        kind, _, ident = reference.partition("/")
+        if kind == "Patient" and ident:
+            patient = ident
+        elif kind == "ImagingStudy" and ident:
+            study = ident
+        else:
+            raise BadRequest("Parameter 'entity': use ImagingStudy/{uid} or Patient/{id}.")
+    agent = query.all("agent")[-1] if query.all("agent") else None
+    since = until = None
+    for value in query.all("date"):
+        moment = params.date_filter("date", value)
+        start, end = moment.moment.aware(UTC)
+        if moment.prefix in ("ge", "gt", "eq"):
+            since = start if moment.prefix != "gt" else end
+        if moment.prefix in ("le", "lt", "eq"):
+            until = end if moment.prefix != "lt" else start
+    patient = _audit_patient_scope(request, patient)
+    records = await services.audit.search(
+        patient=patient,
+        since=since,
+        until=until,
+        agent=agent,
+        study=study,
+        limit=0 if page.summary_count else page.count,
+        offset=page.offset,
+    )
+    resources = [audit_event(r, settings.public_url) for r in records]
+    return FhirResponse(
+        bundle.searchset(
+            base_url=settings.fhir_base_url,
+            resource_type="AuditEvent",
+            query=query.used_items(),
+            matches=resources,
+            total=None,
+            offset=page.offset,
+            count=None if page.summary_count else page.count,
+        )
+    )
+
+
+@fhir_endpoint
+async def read_audit_event(request: Request, services: Services) -> Response:
+    record = await services.audit.get(request.path_params["id"])
+    if record is None or _audit_patient_scope(request, record.patient) != record.patient:
+        raise NotFound(f"AuditEvent/{request.path_params['id']} is not known.")
+    return FhirResponse(audit_event(record, services.settings.public_url))
+
+
 async def read_binary(request: Request) -> Response:
     """A document's DICOM object: raw for a plain client, a Binary resource for a FHIR one."""
     services: Services = request.state.services
@@ -277,6 +350,7 @@ async def not_supported(request: Request, services: Services) -> Response:
         "DocumentReference",
         "Binary",
         "Practitioner",
+        "AuditEvent",
         "metadata",
     )
     if path.split("/", 1)[0] in known:
@@ -304,5 +378,7 @@ def routes() -> list[BaseRoute]:
         Route("/DocumentReference/{id}", read_document_reference, methods=["GET"]),
         Route("/Binary/{id}", read_binary, methods=["GET"]),
         Route("/Practitioner/{id}", read_practitioner, methods=["GET"]),
+        Route("/AuditEvent", search_audit_event, methods=["GET"]),
+        Route("/AuditEvent/{id}", read_audit_event, methods=["GET"]),
         Route("/{path:path}", not_supported, methods=ALL_METHODS),
     ]

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.audit import AuditEntry
 from gateway.auth import jacket, scopes
 from gateway.auth.accounts import AccountError
 from gateway.auth.sessions import csrf_ok
@@ -184,7 +185,19 @@ async def apps(
 async def revoke_app(
     request: Request, services: Services, browser: BrowserSession, account: Account
 ) -> Response:
-    await services.auth.tokens.revoke_for_account(request.path_params["grant"], account.id)
+    revoked = await services.auth.tokens.revoke_for_account(
+        request.path_params["grant"], account.id
+    )
+    await services.audit.record(
+        AuditEntry(
+            category="consent",
+            action="revoke",
+            outcome=200 if revoked else 404,
+            user=account.id,
+            patient=account.patient_fhir_id,
+            detail=f"grant {request.path_params['grant'][:64]}",
+        )
+    )
     return _to(services, "/portal/apps?revoked=1")
 
 

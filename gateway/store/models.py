@@ -183,3 +183,20 @@ class SigningKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     publish_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AuditRecord(Base):
+    """One audited action, written before the answer leaves (IHE BALP-shaped when served)."""
+
+    __tablename__ = "audit_event"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    recorded: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    category: Mapped[str] = mapped_column(String(32))  # rest | dicomweb | login | token | consent
+    action: Mapped[str] = mapped_column(String(64))  # read, search, retrieve, store, issue, ...
+    outcome: Mapped[int] = mapped_column(Integer)  # HTTP-like status of the action
+    client_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    user: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    patient: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    study: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -66,6 +66,7 @@ def test_capability_statement_lists_what_works(gateway: Gateway) -> None:
         "DocumentReference",
         "Binary",
         "Practitioner",
+        "AuditEvent",
     }
     params = {p["name"] for p in by_type["ImagingStudy"]["searchParam"]}
     assert {"patient", "started", "modality", "identifier", "series", "_id"} <= params

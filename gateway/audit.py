@@ -1,0 +1,244 @@
+"""The audit trail: every access and every security event, written before the answer leaves.
+
+``AuditMiddleware`` records each ``/fhir`` and ``/dicomweb`` request (refusals
+included) at the moment the response starts, and holds the response until the
+record is committed: if the write fails, the client gets a 500 and no data,
+so nothing is ever served unrecorded. Security events (sign-in, tokens,
+consent, revocation) are recorded by their handlers through ``Auditor``.
+Records are served as FHIR ``AuditEvent`` resources shaped after IHE BALP.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.auth.secrets import new_id
+from gateway.store.models import AuditRecord, as_utc, utcnow
+
+logger = logging.getLogger(__name__)
+OPEN_PATHS = frozenset({"/metadata", "/.well-known/smart-configuration"})
+SEARCH_PARAMETERS: dict[str, tuple[str, str]] = {
+    "patient": ("reference", "The patient whose data was used"),
+    "date": ("date", "When the event was recorded"),
+    "agent": ("token", "A client_id or user (fhirUser) who acted"),
+    "entity": ("reference", "ImagingStudy/{uid} or Patient/{id} concerned"),
+}
+_STUDY_IN_PATH = re.compile(r"/(?:ImagingStudy|studies)/([0-9.]{1,64})")
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    category: str
+    action: str
+    outcome: int
+    client_id: str | None = None
+    user: str | None = None
+    patient: str | None = None
+    study: str | None = None
+    detail: str = ""
+
+
+class Auditor:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    async def record(self, entry: AuditEntry) -> None:
+        """Commit one record; raises when it cannot be written (callers must not go on)."""
+        async with self.sessions() as session:
+            session.add(
+                AuditRecord(
+                    id=new_id(),
+                    recorded=utcnow(),
+                    category=entry.category,
+                    action=entry.action,
+                    outcome=entry.outcome,
+                    client_id=entry.client_id,
+                    user=entry.user,
+                    patient=entry.patient,
+                    study=entry.study,
+                    detail=entry.detail[:2000],
+                )
+            )
+            await session.commit()
+
+    async def search(
+        self,
+        *,
+        patient: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        agent: str | None = None,
+        study: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[AuditRecord]:
+        query = select(AuditRecord).order_by(AuditRecord.recorded.desc())
+        if patient is not None:
+            query = query.where(AuditRecord.patient == patient)
+        if since is not None:
+            query = query.where(AuditRecord.recorded >= since)
+        if until is not None:
+            query = query.where(AuditRecord.recorded < until)
+        if agent is not None:
+            query = query.where((AuditRecord.client_id == agent) | (AuditRecord.user == agent))
+        if study is not None:
+            query = query.where(AuditRecord.study == study)
+        async with self.sessions() as session:
+            return list(await session.scalars(query.offset(offset).limit(limit)))
+
+    async def get(self, record_id: str) -> AuditRecord | None:
+        async with self.sessions() as session:
+            return await session.get(AuditRecord, record_id)
+
+
+def _action(api: str, method: str, path: str) -> str:
+    if method == "POST":
+        return "store" if api == "dicomweb" else "create"
+    parts = [p for p in path.split("/") if p]
+    if api == "dicomweb":
+        qido = parts and parts[-1] in ("studies", "series", "instances")
+        return "search" if qido else "retrieve"
+    return "read" if len(parts) >= 2 else "search"
+
+
+class AuditMiddleware:
+    """Wraps an API mount, outside the token gate, so refusals are recorded too."""
+
+    def __init__(self, app: ASGIApp, api: str) -> None:
+        self.app = app
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        path = _within(scope)
+        if self.api == "fhir" and path in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        services = scope["state"]["services"]
+        recorded = False
+        failed = False
+
+        async def audited_send(message: Message) -> None:
+            nonlocal recorded, failed
+            if message["type"] == "http.response.start" and not recorded:
+                recorded = True
+                try:
+                    await services.audit.record(self._entry(scope, path, message["status"]))
+                except Exception:
+                    logger.exception("audit write failed; the answer is withheld")
+                    failed = True
+                    refusal = PlainTextResponse(
+                        "The access could not be recorded; nothing was sent.\n", status_code=500
+                    )
+                    await refusal(scope, receive, send)
+                    return
+            if failed:
+                return  # the body of an answer that could not be recorded is dropped
+            await send(message)
+
+        await self.app(scope, receive, audited_send)
+
+    def _entry(self, scope: Scope, path: str, status: int) -> AuditEntry:
+        grant = scope.get("state", {}).get("grant")
+        context = getattr(grant, "context", {}) or {}
+        study = _STUDY_IN_PATH.search(path)
+        query = scope.get("query_string", b"").decode("latin-1")[:500]
+        return AuditEntry(
+            category="dicomweb" if self.api == "dicomweb" else "rest",
+            action=_action(self.api, scope["method"], path),
+            outcome=status,
+            client_id=getattr(grant, "client_id", None),
+            user=context.get("fhirUser"),
+            patient=context.get("patient"),
+            study=study.group(1) if study else None,
+            detail=f"{scope['method']} /{self.api}{path}" + (f"?{query}" if query else ""),
+        )
+
+
+def _within(scope: Scope) -> str:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+EVENT_TYPES = {
+    "rest": ("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest", "RESTful Operation"),
+    "dicomweb": (DCM, "110103", "DICOM Instances Accessed"),
+    "login": (DCM, "110114", "User Authentication"),
+    "token": (DCM, "110114", "User Authentication"),
+    "consent": (DCM, "110137", "User Security Attributes Changed"),
+    "share": (DCM, "110106", "Export"),
+}
+ACTIONS = {"create": "C", "store": "C", "read": "R", "retrieve": "R", "search": "E"}
+
+
+def audit_event(record: AuditRecord, source: str) -> dict[str, Any]:
+    """One record as an R4 AuditEvent (after IHE BALP's shape)."""
+    system, code, display = EVENT_TYPES.get(record.category, EVENT_TYPES["rest"])
+    outcome = "0" if record.outcome < 400 else "4" if record.outcome < 500 else "8"
+    agents: list[dict[str, Any]] = []
+    if record.client_id:
+        agents.append(
+            {
+                "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
+                "who": {"identifier": {"value": record.client_id}},
+                "requestor": False,
+            }
+        )
+    if record.user:
+        agents.append(
+            {
+                "type": {"coding": [{"system": DCM, "code": "110153", "display": "Source"}]},
+                "who": {"reference": record.user},
+                "requestor": True,
+            }
+        )
+    if not agents:
+        agents.append({"who": {"display": "anonymous"}, "requestor": True})
+    resource: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "id": record.id,
+        "type": {"system": system, "code": code, "display": display},
+        "subtype": [{"code": record.action, "display": record.action}],
+        "action": ACTIONS.get(record.action, "E"),
+        "recorded": as_utc(record.recorded).isoformat(timespec="milliseconds"),
+        "outcome": outcome,
+        "outcomeDesc": f"HTTP {record.outcome}" if record.outcome >= 100 else "",
+        "agent": agents,
+        "source": {"observer": {"display": source}},
+    }
+    if not resource["outcomeDesc"]:
+        del resource["outcomeDesc"]
+    role = "http://terminology.hl7.org/CodeSystem/object-role"
+    entities: list[dict[str, Any]] = []
+    if record.patient:
+        entities.append(
+            {
+                "what": {"reference": f"Patient/{record.patient}"},
+                "role": {"system": role, "code": "1", "display": "Patient"},
+            }
+        )
+    if record.study:
+        entities.append(
+            {
+                "what": {"reference": f"ImagingStudy/{record.study}"},
+                "role": {"system": role, "code": "3", "display": "Report"},
+            }
+        )
+    if record.detail:
+        entities.append({"description": record.detail})
+    if entities:
+        resource["entity"] = entities
+    return resource
