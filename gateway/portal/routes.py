@@ -201,6 +201,44 @@ async def revoke_app(
     return _to(services, "/portal/apps?revoked=1")
 
 
+WHAT = {
+    ("rest", "search"): "Searched your records",
+    ("rest", "read"): "Opened a record",
+    ("dicomweb", "search"): "Looked up your images",
+    ("dicomweb", "retrieve"): "Viewed or downloaded images",
+    ("dicomweb", "store"): "Stored images",
+    ("token", "authorization_code"): "Received access",
+    ("token", "refresh_token"): "Renewed access",
+    ("token", "revoke"): "Gave up access",
+    ("consent", "grant"): "You allowed an app",
+    ("consent", "deny"): "You refused an app",
+    ("consent", "revoke"): "You withdrew an app",
+    ("login", "sign-in"): "Signed in",
+    ("login", "activate"): "Activated the access code",
+}
+
+
+@signed_in
+async def activity(
+    request: Request, services: Services, browser: BrowserSession, account: Account
+) -> Response:
+    records = await services.audit.search(patient=account.patient_fhir_id or "-", limit=200)
+    names = {c.client_id: c.name for c in await services.auth.clients.all()}
+    events = [
+        {
+            "when": _day(record.recorded),
+            "who": names.get(record.client_id or "", "You") if record.client_id else "You",
+            "what": WHAT.get((record.category, record.action), record.action),
+            "study": record.study,
+            "result": "Done" if record.outcome < 400 else "Refused",
+        }
+        for record in records
+    ]
+    return render(
+        "activity.html", services, signed_in=True, csrf_token=browser.csrf_token, events=events
+    )
+
+
 def _day(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC") if value else ""
 
@@ -211,5 +249,6 @@ def routes() -> list[BaseRoute]:
         Route("/signin", signin, methods=["GET", "POST"]),
         Route("/signout", signout, methods=["POST"]),
         Route("/apps", apps, methods=["GET"]),
+        Route("/activity", activity, methods=["GET"]),
         Route("/apps/{grant}/revoke", revoke_app, methods=["POST"]),
     ]

@@ -93,6 +93,15 @@ def test_revoking_an_app_in_the_portal_stops_its_tokens(
         assert revoked.status_code == 303
     assert harness.client.get("/fhir/ImagingStudy", headers=bearer(token)).status_code == 401
     assert "No app can see your images" in harness.client.get("/portal/apps").text
+    activity = harness.client.get("/portal/activity").text
+    for line in (
+        "You allowed an app",
+        "Image Viewer",
+        "Searched your records",
+        "You withdrew an app",
+    ):
+        assert line in activity, line
+    assert "Refused" in activity  # the revoked token's attempt
     refreshed = harness.client.post(
         "/oauth/token",
         data={
