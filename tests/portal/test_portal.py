@@ -101,7 +101,6 @@ def test_revoking_an_app_in_the_portal_stops_its_tokens(
         "You withdrew an app",
     ):
         assert line in activity, line
-    assert "Refused" in activity  # the revoked token's attempt
     refreshed = harness.client.post(
         "/oauth/token",
         data={
