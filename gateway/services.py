@@ -16,6 +16,7 @@ from gateway.fhir.mapping import MappingContext
 from gateway.fhir.patients import PatientService
 from gateway.fhir.studies import ImagingStudyService
 from gateway.fhir.study_cache import StudyDetailCache
+from gateway.release import Clock, ReleasePolicy, utc_now
 from gateway.settings import Settings
 from gateway.store.database import Database
 from gateway.store.patients import PatientIndex
@@ -33,6 +34,7 @@ class Services:
     documents: DocumentReferenceService
     auth: AuthServices
     audit: Auditor
+    release: ReleasePolicy
     policy: AccessPolicy = field(default_factory=AllowEverything)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -42,6 +44,7 @@ class Services:
         settings: Settings,
         upstream: Upstream | None = None,
         policy: AccessPolicy | None = None,
+        clock: Clock | None = None,
     ) -> Services:
         database = Database(settings.effective_database_url)
         upstream = upstream or create_upstream(settings)
@@ -74,6 +77,7 @@ class Services:
             ),
             auth=AuthServices.build(settings, database.sessions),
             audit=Auditor(database.sessions),
+            release=ReleasePolicy(settings, database.sessions, clock or utc_now),
             policy=policy or (SmartPolicy() if settings.auth_required else AllowEverything()),
         )
 

@@ -82,6 +82,17 @@ class Settings(BaseSettings):
         True, description="Allow RFC 7591 registration of public clients at /oauth/register."
     )
     jwks_cache_seconds: Annotated[int, Field(ge=0, le=86_400)] = 300
+    release_delay_hours: Annotated[float, Field(ge=0, le=24 * 365)] = Field(
+        72.0,
+        description="Hours before a new study reaches the patient (providers are never delayed).",
+    )
+    release_delay_by_modality: str = Field(
+        "",
+        description='Per-modality delays in hours, e.g. "MG=168 XA=0"; the longest applies.',
+    )
+    release_waiver_allowed: bool = Field(
+        True, description="Let a patient choose to see new results without the delay."
+    )
     apps_dir: Path | None = Field(
         None,
         description="Folder of SMART apps served at /apps; empty: the checkout's smart_apps.",
@@ -129,6 +140,19 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown IANA time zone {value!r}") from None
+        return value
+
+    @field_validator("release_delay_by_modality")
+    @classmethod
+    def _overrides_readable(cls, value: str) -> str:
+        for item in value.split():
+            code, equals, hours = item.partition("=")
+            try:
+                ok = bool(equals) and code.isalnum() and 0 <= float(hours) <= 24 * 365
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"{item!r} is not MODALITY=HOURS (e.g. MG=168 XA=0)")
         return value
 
     @field_validator("log_level")

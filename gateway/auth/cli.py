@@ -35,6 +35,7 @@ patients_app = typer.Typer(help="Patients who sign in with an access code.")
 users_app = typer.Typer(help="Practitioners who sign in with a username.")
 keys_app = typer.Typer(help="The server's token signing keys.")
 tokens_app = typer.Typer(help="Access tokens, issued by hand for operators and scripts.")
+studies_app = typer.Typer(help="Studies and the release delay.")
 
 
 def _settings() -> Settings:
@@ -246,6 +247,38 @@ def tokens_issue(
     _print(_with_auth(issue))
 
 
+@studies_app.command("release")
+def studies_release(
+    study_uid: Annotated[str, typer.Argument(help="The StudyInstanceUID to release now.")],
+    by: Annotated[str, typer.Option(help="Who releases it (kept with the release).")] = "staff",
+) -> None:
+    """Release a study to its patient before the delay ends."""
+
+    async def release(settings: Settings, database: Database, auth: AuthServices) -> bool:
+        from gateway.audit import AuditEntry, Auditor
+        from gateway.release import ReleasePolicy
+
+        if not re.fullmatch(r"[0-9.]{1,64}", study_uid):
+            raise RegistrationError("a StudyInstanceUID is digits and dots, at most 64")
+        done = await ReleasePolicy(settings, database.sessions).release(study_uid, by)
+        await Auditor(database.sessions).record(
+            AuditEntry(
+                category="release",
+                action="release",
+                outcome=200 if done else 409,
+                user=by,
+                study=study_uid,
+                detail="released early by staff",
+            )
+        )
+        return done
+
+    if _with_auth(release):
+        console.print(f"released {study_uid}")
+    else:
+        console.print(f"{study_uid} was already released")
+
+
 def launch(
     client: Annotated[str, typer.Option(help="The app's client_id.")],
     patient: Annotated[str, typer.Option(help="The patient's FHIR id.")],
@@ -276,4 +309,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(users_app, name="users", no_args_is_help=True)
     app.add_typer(keys_app, name="keys", no_args_is_help=True)
     app.add_typer(tokens_app, name="tokens", no_args_is_help=True)
+    app.add_typer(studies_app, name="studies", no_args_is_help=True)
     app.command("launch")(launch)

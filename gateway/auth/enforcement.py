@@ -22,11 +22,11 @@ from gateway.auth import granular, scopes
 from gateway.auth.client_auth import bearer_token
 from gateway.auth.tokens import AccessGrant
 from gateway.fhir.responses import FhirResponse, operation_outcome
-from gateway.store.patients import PatientIndex
 
 if TYPE_CHECKING:
     from gateway.services import Services
 
+_STUDY_IN_PATH = re.compile(r"^/(?:ImagingStudy|studies)/([0-9.]{1,64})")
 OPEN_FHIR_PATHS = frozenset({"/metadata", "/.well-known/smart-configuration"})
 FHIR_TYPES = (
     "ImagingStudy",
@@ -104,9 +104,9 @@ class BearerTokenMiddleware:
             needed = None  # SMART: a token may always read its own fhirUser
             visibility = Visibility(patients=None) if not grant.patient else NOTHING
             if grant.patient:
-                visibility = await patient_visibility(services.patient_index, grant)
+                visibility = await patient_visibility(services, grant)
         if needed is not None:
-            visibility_or_none = await self._visibility(services.patient_index, grant, needed)
+            visibility_or_none = await self._visibility(services, grant, needed)
             if visibility_or_none is None:
                 words = scopes.PERMISSION_WORDS[needed.action]
                 response = self._refusal(
@@ -118,6 +118,11 @@ class BearerTokenMiddleware:
                 await response(scope, receive, send)
                 return
             visibility = visibility_or_none
+        if needed is not None and visibility.studies is not None and grant.patient:
+            held = await self._held(services, grant, path)
+            if held is not None:
+                await held(scope, receive, send)
+                return
         if needed is not None:
             refusal = await self._granular(scope, services, grant, needed, path, visibility)
             if refusal is not None:
@@ -126,6 +131,26 @@ class BearerTokenMiddleware:
         scope["state"]["grant"] = grant
         scope["state"]["visibility"] = visibility
         await self.app(scope, receive, send)
+
+    async def _held(self, services: Services, grant: AccessGrant, path: str) -> Response | None:
+        """A patient asking for a study still under the release delay is told when."""
+        found = _STUDY_IN_PATH.search(path)
+        if not found:
+            return None
+        releases = await services.release.for_patient(services, grant.patient or "")
+        until = releases.held.get(found.group(1))
+        if until is None:
+            return None
+        when = until.strftime("%Y-%m-%d %H:%M UTC")
+        message = (
+            f"This study is not available to you yet: it will be from {when}, "
+            "so that your physician can review the results with you first."
+        )
+        if self.api == "fhir":
+            return FhirResponse(operation_outcome(403, "suppressed", message), status_code=403)
+        return PlainTextResponse(
+            message + "\n", status_code=403, headers={"Warning": f'299 gateway "{message}"'}
+        )
 
     async def _granular(
         self,
@@ -169,7 +194,7 @@ class BearerTokenMiddleware:
         )
 
     async def _visibility(
-        self, index: PatientIndex, grant: AccessGrant, needed: Requirement
+        self, services: Services, grant: AccessGrant, needed: Requirement
     ) -> Visibility | None:
         broad = scopes.decide(grant.scope, ("user", "system"), needed.resource_type, needed.action)
         if broad.allowed:
@@ -177,7 +202,7 @@ class BearerTokenMiddleware:
         confined = scopes.decide(grant.scope, ("patient",), needed.resource_type, needed.action)
         if not confined.allowed or not grant.patient:
             return None
-        return await patient_visibility(index, grant)
+        return await patient_visibility(services, grant)
 
     def _refusal(self, status: int, code: str, message: str, challenge: str) -> Response:
         headers = {"WWW-Authenticate": challenge}
@@ -189,12 +214,17 @@ class BearerTokenMiddleware:
         return PlainTextResponse(message + "\n", status_code=status, headers=headers)
 
 
-async def patient_visibility(index: PatientIndex, grant: AccessGrant) -> Visibility:
-    """The patient in context, and only the studies the patient chose, if they chose."""
-    key = await index.key_for(grant.patient or "")
+async def patient_visibility(services: Services, grant: AccessGrant) -> Visibility:
+    """The patient in context; only released studies; only those the patient chose."""
+    key = await services.patient_index.key_for(grant.patient or "")
+    if key is None:
+        return Visibility(patients=frozenset(), studies=frozenset())
+    releases = await services.release.for_patient(services, grant.patient or "")
+    studies = set(releases.released)
     chosen = grant.context.get("studies")
-    studies = frozenset(str(uid) for uid in chosen) if isinstance(chosen, list) else None
-    return Visibility(patients=frozenset({key} if key else set()), studies=studies)
+    if isinstance(chosen, list):
+        studies &= {str(uid) for uid in chosen}
+    return Visibility(patients=frozenset({key}), studies=frozenset(studies))
 
 
 def _own_user_resource(grant: AccessGrant, path: str) -> bool:

@@ -140,7 +140,10 @@ async def signout(
 async def home(
     request: Request, services: Services, browser: BrowserSession, account: Account
 ) -> Response:
-    studies = await jacket.studies_of(services, account.patient_fhir_id or "")
+    patient = account.patient_fhir_id or ""
+    studies = await jacket.studies_of(services, patient)
+    releases = await services.release.for_patient(services, patient)
+    held = {uid: _day(at) for uid, at in releases.held.items()}
     return render(
         "jacket.html",
         services,
@@ -148,7 +151,27 @@ async def home(
         csrf_token=browser.csrf_token,
         user_name=account.display_name or "you",
         studies=studies,
+        held=held,
+        can_waive=bool(held) and services.settings.release_waiver_allowed,
     )
+
+
+@signed_in
+async def waive(
+    request: Request, services: Services, browser: BrowserSession, account: Account
+) -> Response:
+    """The patient chooses to see new results at once, without the release delay."""
+    done = await services.release.waive(account.patient_fhir_id or "")
+    await services.audit.record(
+        AuditEntry(
+            category="consent",
+            action="waive-delay",
+            outcome=200 if done else 403,
+            user=account.id,
+            patient=account.patient_fhir_id,
+        )
+    )
+    return _to(services, "/portal/")
 
 
 @signed_in
@@ -215,6 +238,7 @@ WHAT = {
     ("consent", "revoke"): "You withdrew an app",
     ("login", "sign-in"): "Signed in",
     ("login", "activate"): "Activated the access code",
+    ("consent", "waive-delay"): "You chose to see new results at once",
 }
 
 
@@ -250,5 +274,6 @@ def routes() -> list[BaseRoute]:
         Route("/signout", signout, methods=["POST"]),
         Route("/apps", apps, methods=["GET"]),
         Route("/activity", activity, methods=["GET"]),
+        Route("/waive", waive, methods=["POST"]),
         Route("/apps/{grant}/revoke", revoke_app, methods=["POST"]),
     ]

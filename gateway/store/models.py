@@ -200,3 +200,22 @@ class AuditRecord(Base):
     patient: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     study: Mapped[str | None] = mapped_column(String(64), nullable=True)
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class StudyRelease(Base):
+    """A study released to its patient ahead of the delay, by staff."""
+
+    __tablename__ = "study_release"
+
+    study_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    released_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    released_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class DelayWaiver(Base):
+    """A patient who chose to see new results at once, where the policy allows it."""
+
+    __tablename__ = "delay_waiver"
+
+    patient_fhir_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    waived_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

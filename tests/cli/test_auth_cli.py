@@ -137,6 +137,11 @@ def test_patients_users_and_keys(data_dir: Path) -> None:
         input="short\n",
     )
     assert short.exit_code == 2 and "at least" in short.output
+    released = runner.invoke(app, ["studies", "release", "1.2.3.4", "--by", "dr.house"])
+    assert released.exit_code == 0 and "released 1.2.3.4" in released.output
+    again = runner.invoke(app, ["studies", "release", "1.2.3.4"])
+    assert again.exit_code == 0 and "already" in again.output
+    assert runner.invoke(app, ["studies", "release", "not-a-uid"]).exit_code == 2
     first = run("keys", "rotate")["kid"]
     second = run("keys", "rotate")["kid"]
     assert first != second
