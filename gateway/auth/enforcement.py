@@ -35,6 +35,7 @@ FHIR_TYPES = (
     "Endpoint",
     "Practitioner",
     "AuditEvent",
+    "Consent",
 )
 _QIDO = re.compile(
     r"/(studies|series|instances|studies/[^/]+/(series|instances)|studies/[^/]+/series/[^/]+/instances)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gateway import __version__
 from gateway.audit import SEARCH_PARAMETERS as AUDIT_SEARCH
-from gateway.fhir import documents, patients, studies
+from gateway.fhir import consents, documents, patients, studies
 from gateway.fhir.mapping import Resource
 
 SOFTWARE_NAME = "Image Share Gateway"
@@ -56,6 +56,7 @@ def capability_statement(
                     resource("Endpoint", {"_id": ("token", "The endpoint's id")}),
                     resource("DocumentReference", documents.SEARCH_PARAMETERS),
                     resource("AuditEvent", AUDIT_SEARCH),
+                    resource("Consent", consents.SEARCH_PARAMETERS),
                     {
                         "type": "Practitioner",
                         "profile": "http://hl7.org/fhir/StructureDefinition/Practitioner",

@@ -18,7 +18,7 @@ from gateway.auth import discovery
 from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb import instances
 from gateway.errors import BadRequest, GatewayError, NotFound
-from gateway.fhir import bundle, documents, mapping, params, patients, studies
+from gateway.fhir import bundle, consents, documents, mapping, params, patients, studies
 from gateway.fhir.capability import capability_statement
 from gateway.fhir.document_mapping import DICOM
 from gateway.fhir.params import SearchRequest, paging
@@ -302,6 +302,54 @@ async def read_audit_event(request: Request, services: Services) -> Response:
     return FhirResponse(audit_event(record, services.settings.public_url))
 
 
+def _consent_patient(request: Request, requested: str | None) -> str | None:
+    """Patient tokens see their own patient's consents only."""
+    return _audit_patient_scope(request, requested)
+
+
+@fhir_endpoint
+async def search_consent(request: Request, services: Services) -> Response:
+    settings = services.settings
+    query = search_request(request, consents.SEARCH_PARAMETERS)
+    page = paging(query, settings.page_size, settings.max_page_size)
+    patient = None
+    for value in query.all("patient"):
+        patient = params.references("patient", value, "Patient", settings.fhir_base_url)[0]
+    wanted_status = {t.code for v in query.all("status") for t in params.tokens("status", v)}
+    found = await consents.consents(
+        services.database.sessions,
+        patient=_consent_patient(request, patient),
+        now=services.release.clock(),
+    )
+    if wanted_status:
+        found = [c for c in found if c["status"] in wanted_status]
+    shown = [] if page.summary_count else found[page.offset : page.offset + page.count]
+    return FhirResponse(
+        bundle.searchset(
+            base_url=settings.fhir_base_url,
+            resource_type="Consent",
+            query=query.used_items(),
+            matches=shown,
+            total=len(found),
+            offset=page.offset,
+            count=None if page.summary_count else page.count,
+        )
+    )
+
+
+@fhir_endpoint
+async def read_consent(request: Request, services: Services) -> Response:
+    found = await consents.consents(
+        services.database.sessions,
+        grant_id=request.path_params["id"],
+        patient=_consent_patient(request, None),
+        now=services.release.clock(),
+    )
+    if not found:
+        raise NotFound(f"Consent/{request.path_params['id']} is not known.")
+    return FhirResponse(found[0])
+
+
 async def read_binary(request: Request) -> Response:
     """A document's DICOM object: raw for a plain client, a Binary resource for a FHIR one."""
     services: Services = request.state.services
@@ -351,6 +399,7 @@ async def not_supported(request: Request, services: Services) -> Response:
         "Binary",
         "Practitioner",
         "AuditEvent",
+        "Consent",
         "metadata",
     )
     if path.split("/", 1)[0] in known:
@@ -379,6 +428,8 @@ def routes() -> list[BaseRoute]:
         Route("/Binary/{id}", read_binary, methods=["GET"]),
         Route("/Practitioner/{id}", read_practitioner, methods=["GET"]),
         Route("/AuditEvent", search_audit_event, methods=["GET"]),
+        Route("/Consent", search_consent, methods=["GET"]),
+        Route("/Consent/{id}", read_consent, methods=["GET"]),
         Route("/AuditEvent/{id}", read_audit_event, methods=["GET"]),
         Route("/{path:path}", not_supported, methods=ALL_METHODS),
     ]

@@ -67,6 +67,7 @@ def test_capability_statement_lists_what_works(gateway: Gateway) -> None:
         "Binary",
         "Practitioner",
         "AuditEvent",
+        "Consent",
     }
     params = {p["name"] for p in by_type["ImagingStudy"]["searchParam"]}
     assert {"patient", "started", "modality", "identifier", "series", "_id"} <= params
