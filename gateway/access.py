@@ -9,9 +9,11 @@ the request's :class:`Visibility`, then:
 - re-checks every study, series or instance the PACS returns (``permits``),
   so a PACS that matches loosely can never widen what a request sees.
 
-Until the SMART authorization server exists the policy allows everything.
-Reads of something not visible answer 404, never 403: a refusal must not
-confirm that a study exists.
+A gate in front of the routes (the bearer token, a portal session, an opened
+share link) puts the visibility it decided in the request state; every policy
+honours it, so a share link confines its recipient even on a gateway that
+requires no tokens. Reads of something not visible answer 404, never 403: a
+refusal must not confirm that a study exists.
 """
 
 from __future__ import annotations
@@ -91,11 +93,18 @@ class AccessPolicy(Protocol):
     async def visibility(self, request: Request) -> Visibility: ...
 
 
+def decided(request: Request) -> Visibility | None:
+    """The visibility a gate in front of the route decided for this request, if any."""
+    found = request.scope.get("state", {}).get("visibility")
+    return found if isinstance(found, Visibility) else None
+
+
 class AllowEverything:
-    """The policy until authorization exists (issue 4): every request sees everything."""
+    """For a gateway behind another authorization layer (``GATEWAY_AUTH_REQUIRED=false``):
+    what no gate confined, every request sees."""
 
     async def visibility(self, request: Request) -> Visibility:
-        return EVERYTHING
+        return decided(request) or EVERYTHING
 
 
 def _uid_item(uid: str) -> DicomJson:

@@ -17,11 +17,13 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway import __version__, operations
+from gateway.admin import routes as admin_routes
 from gateway.audit import AuditMiddleware
 from gateway.auth import routes as auth_routes
 from gateway.auth.enforcement import BearerTokenMiddleware
 from gateway.dicomweb import routes as dicomweb_routes
 from gateway.fhir import routes as fhir_routes
+from gateway.portal import recipient
 from gateway.portal import routes as portal_routes
 from gateway.services import Services
 from gateway.settings import Settings
@@ -73,6 +75,8 @@ def create_app(
             *auth_routes.discovery_routes(),
             Mount("/oauth", routes=auth_routes.routes()),
             Mount("/portal", routes=portal_routes.routes()),
+            Mount("/share", routes=recipient.routes()),
+            Mount("/admin", routes=admin_routes.routes()),
             Mount(
                 "/fhir",
                 routes=fhir_routes.routes(),

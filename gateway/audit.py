@@ -47,6 +47,20 @@ class AuditEntry:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class Actor:
+    """Who acts, as the trail names them. A gate (token, portal, share link) puts one
+    in the request state; ``user`` is a FHIR reference or ``share/{id}``."""
+
+    client_id: str | None = None
+    user: str | None = None
+    patient: str | None = None
+
+
+def share_user(share_id: str) -> str:
+    return f"share/{share_id}"
+
+
 class Auditor:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
@@ -150,20 +164,28 @@ class AuditMiddleware:
         await self.app(scope, receive, audited_send)
 
     def _entry(self, scope: Scope, path: str, status: int) -> AuditEntry:
-        grant = scope.get("state", {}).get("grant")
-        context = getattr(grant, "context", {}) or {}
+        actor = _actor(scope.get("state", {}))
         study = _STUDY_IN_PATH.search(path)
         query = scope.get("query_string", b"").decode("latin-1")[:500]
         return AuditEntry(
             category="dicomweb" if self.api == "dicomweb" else "rest",
             action=_action(self.api, scope["method"], path),
             outcome=status,
-            client_id=getattr(grant, "client_id", None),
-            user=context.get("fhirUser"),
-            patient=context.get("patient"),
+            client_id=actor.client_id,
+            user=actor.user,
+            patient=actor.patient,
             study=study.group(1) if study else None,
             detail=f"{scope['method']} /{self.api}{path}" + (f"?{query}" if query else ""),
         )
+
+
+def _actor(state: dict[str, Any]) -> Actor:
+    found = state.get("actor")
+    if isinstance(found, Actor):
+        return found
+    grant = state.get("grant")  # the bearer token gate's AccessGrant
+    context = getattr(grant, "context", {}) or {}
+    return Actor(getattr(grant, "client_id", None), context.get("fhirUser"), context.get("patient"))
 
 
 def _within(scope: Scope) -> str:
@@ -173,6 +195,7 @@ def _within(scope: Scope) -> str:
 
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
+SHARE_SYSTEM = "urn:image-share:share-link"
 EVENT_TYPES = {
     "rest": ("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest", "RESTful Operation"),
     "dicomweb": (DCM, "110103", "DICOM Instances Accessed"),
@@ -198,10 +221,15 @@ def audit_event(record: AuditRecord, source: str) -> dict[str, Any]:
             }
         )
     if record.user:
+        who: dict[str, Any] = (
+            {"identifier": {"system": SHARE_SYSTEM, "value": record.user.removeprefix("share/")}}
+            if record.user.startswith("share/")
+            else {"reference": record.user}
+        )
         agents.append(
             {
                 "type": {"coding": [{"system": DCM, "code": "110153", "display": "Source"}]},
-                "who": {"reference": record.user},
+                "who": who,
                 "requestor": True,
             }
         )

@@ -15,7 +15,7 @@ information-blocking rule limits delays that a provider imposes on its own.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -117,6 +117,18 @@ class ReleasePolicy:
     async def has_waived(self, patient_fhir_id: str) -> bool:
         async with self.sessions() as session:
             return await session.get(DelayWaiver, patient_fhir_id) is not None
+
+    async def visibility(
+        self, services: Any, patient_fhir_id: str, chosen: Iterable[str] | None = None
+    ) -> Visibility:
+        """What patient-facing access sees: the patient's released studies (of ``chosen``)."""
+        key = await services.patient_index.key_for(patient_fhir_id)
+        if key is None:
+            return Visibility(patients=frozenset(), studies=frozenset())
+        studies = set((await self.for_patient(services, patient_fhir_id)).released)
+        if chosen is not None:
+            studies &= {str(uid) for uid in chosen}
+        return Visibility(patients=frozenset({key}), studies=frozenset(studies))
 
     async def for_patient(self, services: Any, patient_fhir_id: str) -> PatientReleases:
         """The patient's released and held studies (briefly cached: new studies stay hidden)."""

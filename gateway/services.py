@@ -16,6 +16,8 @@ from gateway.fhir.mapping import MappingContext
 from gateway.fhir.patients import PatientService
 from gateway.fhir.studies import ImagingStudyService
 from gateway.fhir.study_cache import StudyDetailCache
+from gateway.mail import Mailer
+from gateway.portal.shares import ShareService
 from gateway.release import Clock, ReleasePolicy, utc_now
 from gateway.settings import Settings
 from gateway.store.database import Database
@@ -35,6 +37,8 @@ class Services:
     auth: AuthServices
     audit: Auditor
     release: ReleasePolicy
+    shares: ShareService
+    mailer: Mailer
     policy: AccessPolicy = field(default_factory=AllowEverything)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -48,6 +52,7 @@ class Services:
     ) -> Services:
         database = Database(settings.effective_database_url)
         upstream = upstream or create_upstream(settings)
+        clock = clock or utc_now
         index = PatientIndex(database.sessions)
         context = MappingContext(
             dicomweb_url=settings.dicomweb_base_url,
@@ -77,7 +82,15 @@ class Services:
             ),
             auth=AuthServices.build(settings, database.sessions),
             audit=Auditor(database.sessions),
-            release=ReleasePolicy(settings, database.sessions, clock or utc_now),
+            release=ReleasePolicy(settings, database.sessions, clock),
+            shares=ShareService(
+                database.sessions,
+                public_url=settings.public_url,
+                default_days=settings.share_days,
+                max_days=settings.share_max_days,
+                clock=clock,
+            ),
+            mailer=Mailer(settings),
             policy=policy or (SmartPolicy() if settings.auth_required else AllowEverything()),
         )
 

@@ -93,6 +93,32 @@ class Settings(BaseSettings):
     release_waiver_allowed: bool = Field(
         True, description="Let a patient choose to see new results without the delay."
     )
+    share_days: Annotated[int, Field(ge=1, le=365)] = Field(
+        7, description="Default lifetime of a share link, in days (the patient may choose less)."
+    )
+    share_max_days: Annotated[int, Field(ge=1, le=3650)] = Field(
+        90, description="The longest lifetime a patient may give a share link, in days."
+    )
+    secret_attempts_per_ip: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        30,
+        description=(
+            "Failed guesses of access codes, passphrases or share PINs one client address "
+            "may make in 15 minutes before it is told to wait (HTTP 429)."
+        ),
+    )
+    smtp_host: str | None = Field(
+        None, description="SMTP server that mails share links; empty: links are not mailed."
+    )
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 587
+    smtp_security: str = Field(
+        "starttls", description="starttls (port 587), tls (implicit, port 465) or none."
+    )
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = Field(
+        "Image Share <no-reply@localhost>", description="The From address of mailed share links."
+    )
+    smtp_timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
     apps_dir: Path | None = Field(
         None,
         description="Folder of SMART apps served at /apps; empty: the checkout's smart_apps.",
@@ -155,6 +181,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"{item!r} is not MODALITY=HOURS (e.g. MG=168 XA=0)")
         return value
 
+    @field_validator("smtp_security")
+    @classmethod
+    def _smtp_security_known(cls, value: str) -> str:
+        value = value.lower()
+        if value not in ("starttls", "tls", "none"):
+            raise ValueError("must be starttls, tls or none")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _log_level_known(cls, value: str) -> str:
@@ -174,6 +208,8 @@ class Settings(BaseSettings):
             )
         if self.upstream_auth is UpstreamAuth.bearer and not self.upstream_token:
             raise ValueError("GATEWAY_UPSTREAM_AUTH=bearer needs GATEWAY_UPSTREAM_TOKEN")
+        if self.share_days > self.share_max_days:
+            raise ValueError("GATEWAY_SHARE_DAYS must not exceed GATEWAY_SHARE_MAX_DAYS")
         if self.page_size > self.max_page_size:
             raise ValueError("GATEWAY_PAGE_SIZE must not exceed GATEWAY_MAX_PAGE_SIZE")
         return self

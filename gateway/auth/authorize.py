@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.audit import AuditEntry
 from gateway.auth import jacket, scopes
 from gateway.auth.accounts import AccountError
+from gateway.auth.attempts import TooManyAttempts, client_address
 from gateway.auth.client_auth import bearer_token
 from gateway.auth.clients import ClientKind
 from gateway.auth.sessions import COOKIE, csrf_ok
@@ -40,8 +41,10 @@ PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
     # form-action must allow the app's redirect: browsers apply it to the redirect after a post.
     "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' https: http:"
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' https: http:; "
+        "frame-ancestors 'none'; base-uri 'none'"
     ),
+    "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
 
@@ -133,7 +136,11 @@ async def check_request(
     challenge = params.get("code_challenge", "")
     if params.get("code_challenge_method") != "S256" or not 43 <= len(challenge) <= 128:
         raise Redirectable("invalid_request", "PKCE is required: code_challenge with S256.")
-    requested = [s for s in scopes.split(params.get("scope")) if scopes.is_known(s)]
+    requested = [
+        s
+        for s in scopes.split(params.get("scope"))
+        if scopes.is_known(s) and s not in scopes.ADMIN_SCOPES  # staff scopes: backend only
+    ]
     launch_context: dict[str, Any] | None = None
     if params.get("launch"):
         launch_context = await services.auth.launches.redeem(params["launch"])
@@ -198,6 +205,21 @@ async def signin(request: Request) -> Response:
         return error_page("The sign-in request has expired or belongs to another browser.")
     if not csrf_ok(browser, fields.get("csrf_token")):
         return error_page("The form was not sent from this server's page.")
+    address = client_address(request)
+    try:
+        await services.auth.attempts.check("sign-in", address)
+    except TooManyAttempts as exc:
+        minutes = max(1, exc.retry_after // 60)
+        answer = await _signin_page(
+            services,
+            browser,
+            pending,
+            request_id,
+            f"Too many failed attempts from this connection. Try again in {minutes} minutes.",
+            429,
+        )
+        answer.headers["Retry-After"] = str(exc.retry_after)
+        return answer
     accounts = services.auth.accounts
     account: Account | None = None
     mode = fields.get("mode")
@@ -222,6 +244,7 @@ async def signin(request: Request) -> Response:
         return await _signin_page(services, browser, pending, request_id, str(exc), 400)
     await audit_sign_in(services, account, mode or "patient")
     if account is None:
+        await services.auth.attempts.failed("sign-in", address)
         return await _signin_page(services, browser, pending, request_id, SIGN_IN_FAILED, 401)
     cookie, _ = await services.auth.browser_sessions.sign_in(browser, account.id)
     response = RedirectResponse(

@@ -228,7 +228,9 @@ def keys_rotate() -> None:
 @tokens_app.command("issue")
 def tokens_issue(
     client: Annotated[str, typer.Option(help="A registered client with system/ scopes.")],
-    scope: Annotated[str, typer.Option(help="system/ scopes, within the client's own.")],
+    scope: Annotated[
+        str, typer.Option(help="system/ (or admin/) scopes, within the client's own.")
+    ],
 ) -> None:
     """Issue a backend (system/) token for a client, as client_credentials would."""
 
@@ -236,7 +238,7 @@ def tokens_issue(
         registered = await auth.clients.get(client)
         if registered is None:
             raise RegistrationError(f"no client {client}")
-        allowed = [s for s in scopes.split(registered.scope) if s.startswith("system/")]
+        allowed = scopes.backend_scopes(registered.scope)
         granted = scopes.narrow(allowed, scopes.split(scope))
         if not granted:
             raise RegistrationError(

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.access import NOTHING, Visibility
+from gateway.access import NOTHING, Visibility, decided
 from gateway.auth import granular, scopes
 from gateway.auth.client_auth import bearer_token
 from gateway.auth.tokens import AccessGrant
@@ -217,15 +217,10 @@ class BearerTokenMiddleware:
 
 async def patient_visibility(services: Services, grant: AccessGrant) -> Visibility:
     """The patient in context; only released studies; only those the patient chose."""
-    key = await services.patient_index.key_for(grant.patient or "")
-    if key is None:
-        return Visibility(patients=frozenset(), studies=frozenset())
-    releases = await services.release.for_patient(services, grant.patient or "")
-    studies = set(releases.released)
     chosen = grant.context.get("studies")
-    if isinstance(chosen, list):
-        studies &= {str(uid) for uid in chosen}
-    return Visibility(patients=frozenset({key}), studies=frozenset(studies))
+    return await services.release.visibility(
+        services, grant.patient or "", chosen if isinstance(chosen, list) else None
+    )
 
 
 def _own_user_resource(grant: AccessGrant, path: str) -> bool:
@@ -249,5 +244,4 @@ class SmartPolicy:
     """The access policy once tokens are required: what the middleware decided."""
 
     async def visibility(self, request: Request) -> Visibility:
-        decided = request.scope.get("state", {}).get("visibility")
-        return decided if isinstance(decided, Visibility) else NOTHING
+        return decided(request) or NOTHING

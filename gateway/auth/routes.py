@@ -134,7 +134,7 @@ async def _token(request: Request, services: Services, form: dict[str, str]) -> 
             raise UnauthorizedClientError(
                 description="Only backend clients may use client_credentials."
             )
-        allowed = [s for s in scopes.split(client.scope) if s.startswith("system/")]
+        allowed = scopes.backend_scopes(client.scope)
         requested = scopes.split(form.get("scope")) or allowed
         granted = scopes.narrow(allowed, requested)
         if not granted:

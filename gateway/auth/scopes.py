@@ -2,6 +2,7 @@
 
     (patient|user|system)/(Type|*).(v2 letters in order: c r u d s)[?param=value&...]
     (patient|user|system)/(Type|*).(read|write|*)        v1: read = rs, write = cud
+    admin/enrollments                                    gateway staff API (backend clients)
 
 Scope strings are kept exactly as requested and granted; decisions use the
 parsed form. Pure functions only.
@@ -26,6 +27,9 @@ CONTEXT_SCOPES = frozenset(
         "online_access",
     }
 )
+# Staff scopes: only backend clients pre-authorised for them receive them
+# (client_credentials); the authorization endpoint never accepts them from an app.
+ADMIN_SCOPES = frozenset({"admin/enrollments"})
 V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
 _V2_LETTERS = re.compile(r"c?r?u?d?s?")
 _RESOURCE_SCOPE = re.compile(
@@ -100,8 +104,13 @@ def split(scope: str | None) -> list[str]:
     return list(dict.fromkeys((scope or "").split()))
 
 
+def backend_scopes(registered: str) -> list[str]:
+    """What a backend client may receive of its pre-authorised scopes: system/ and staff."""
+    return [s for s in split(registered) if s.startswith("system/") or s in ADMIN_SCOPES]
+
+
 def is_known(text: str) -> bool:
-    return text in CONTEXT_SCOPES or parse(text) is not None
+    return text in CONTEXT_SCOPES or text in ADMIN_SCOPES or parse(text) is not None
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,7 @@ def describe(text: str) -> str:
         "offline_access": "Keep access when you are not using the app (until you revoke it)",
         "online_access": "Keep access while you are signed in",
         "launch/encounter": "Know the current encounter",
+        "admin/enrollments": "Enrol patients: give them an access code and a letter to print",
     }
     if text in plain:
         return plain[text]

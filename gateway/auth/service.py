@@ -8,6 +8,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.auth.accounts import Accounts
+from gateway.auth.attempts import AttemptLimiter
 from gateway.auth.client_auth import ClientAuthenticator, JwksCache
 from gateway.auth.clients import ClientRegistry
 from gateway.auth.keys import KeyStore
@@ -27,6 +28,7 @@ class AuthServices:
     jwks_cache: JwksCache
     browser_sessions: BrowserSessions
     launches: LaunchStore
+    attempts: AttemptLimiter
 
     @classmethod
     def build(cls, settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> AuthServices:
@@ -44,6 +46,7 @@ class AuthServices:
             jwks_cache=jwks_cache,
             browser_sessions=BrowserSessions(sessions, timedelta(hours=settings.session_hours)),
             launches=LaunchStore(sessions),
+            attempts=AttemptLimiter(sessions, settings.secret_attempts_per_ip),
         )
 
     async def aclose(self) -> None:

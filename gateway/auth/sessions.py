@@ -34,11 +34,14 @@ class BrowserSessions:
             return None
         return found
 
-    async def start(self, account_id: str | None = None) -> tuple[str, BrowserSession]:
+    async def start(
+        self, account_id: str | None = None, share_id: str | None = None
+    ) -> tuple[str, BrowserSession]:
         cookie = new_token()
         row = BrowserSession(
             id_hash=digest(cookie),
             account_id=account_id,
+            share_id=share_id,
             csrf_token=new_token(),
             expires_at=utcnow() + self.lifetime,
         )
@@ -60,6 +63,12 @@ class BrowserSessions:
                 delete(BrowserSession).where(BrowserSession.id_hash == old.id_hash)
             )
             await session.commit()
+        return cookie, row
+
+    async def open_share(self, old: BrowserSession, share_id: str) -> tuple[str, BrowserSession]:
+        """A fresh session for a recipient who gave the right PIN (no fixation either)."""
+        cookie, row = await self.start(share_id=share_id)
+        await self.end(old)
         return cookie, row
 
     async def end(self, current: BrowserSession) -> None:

@@ -393,6 +393,18 @@ def rendered_endpoint(thumbnail: bool) -> Callable[[Request], Awaitable[Response
     return endpoint
 
 
+INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
+
+
+def viewing_routes() -> list[BaseRoute]:
+    """Rendered frames, thumbnails and reports: what the portal and share pages show."""
+    return [
+        Route(f"{INSTANCE}/rendered", rendered_endpoint(False), methods=["GET"]),
+        Route(f"{INSTANCE}/thumbnail", rendered_endpoint(True), methods=["GET"]),
+        Route(f"{INSTANCE}/frames/{{frame}}/rendered", rendered_endpoint(False), methods=["GET"]),
+    ]
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/studies", qido_endpoint("study"), methods=["GET"]),

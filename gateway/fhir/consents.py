@@ -1,4 +1,7 @@
-"""Each patient's grant to an app, served as an R4 ``Consent`` (read and search)."""
+"""Each patient's grant to an app, and each share link, served as an R4 ``Consent``.
+
+A share's Consent id is ``share-{id}``, so the two kinds never collide.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.auth import scopes
-from gateway.store.models import Account, Grant, OAuthClient, as_utc
+from gateway.store.models import Account, Grant, OAuthClient, ShareLink, as_utc
 
 SEARCH_PARAMETERS: dict[str, tuple[str, str]] = {
     "patient": ("reference", "The patient who consented"),
@@ -18,42 +21,98 @@ SEARCH_PARAMETERS: dict[str, tuple[str, str]] = {
 MAX_CONSENTS = 500
 
 
+SHARE_PREFIX = "share-"
+
+
 async def consents(
     sessions: async_sessionmaker[AsyncSession],
     *,
     patient: str | None = None,
-    grant_id: str | None = None,
+    consent_id: str | None = None,
     now: datetime,
 ) -> list[dict[str, Any]]:
-    """The patients' grants (optionally one patient's, or one grant) as Consent resources."""
-    query = (
-        select(Grant, OAuthClient.name, Account.patient_fhir_id)
-        .join(Account, Account.id == Grant.account_id)
-        .join(OAuthClient, OAuthClient.client_id == Grant.client_id)
-        .where(Account.kind == "patient")
-        .order_by(Grant.created_at.desc())
-        .limit(MAX_CONSENTS)
-    )
-    if patient is not None:
-        query = query.where(Account.patient_fhir_id == patient)
-    if grant_id is not None:
-        query = query.where(Grant.id == grant_id)
+    """Patients' grants and shares (optionally one patient's, or one) as Consents, newest first."""
+    found: list[dict[str, Any]] = []
     async with sessions() as session:
-        rows = (await session.execute(query)).all()
-    return [consent(grant, app, owner or "", now) for grant, app, owner in rows]
+        if consent_id is None or not consent_id.startswith(SHARE_PREFIX):
+            grants = (
+                select(Grant, OAuthClient.name, Account.patient_fhir_id)
+                .join(Account, Account.id == Grant.account_id)
+                .join(OAuthClient, OAuthClient.client_id == Grant.client_id)
+                .where(Account.kind == "patient")
+                .order_by(Grant.created_at.desc())
+                .limit(MAX_CONSENTS)
+            )
+            if patient is not None:
+                grants = grants.where(Account.patient_fhir_id == patient)
+            if consent_id is not None:
+                grants = grants.where(Grant.id == consent_id)
+            for grant, app, owner in (await session.execute(grants)).all():
+                found.append(consent(grant, app, owner or "", now))
+        if consent_id is None or consent_id.startswith(SHARE_PREFIX):
+            shares = select(ShareLink).order_by(ShareLink.created_at.desc()).limit(MAX_CONSENTS)
+            if patient is not None:
+                shares = shares.where(ShareLink.patient_fhir_id == patient)
+            if consent_id is not None:
+                shares = shares.where(ShareLink.id == consent_id.removeprefix(SHARE_PREFIX))
+            for share in await session.scalars(shares):
+                found.append(share_consent(share, now))
+    found.sort(key=lambda c: str(c["dateTime"]), reverse=True)
+    return found[:MAX_CONSENTS]
+
+
+def share_consent(share: ShareLink, now: datetime) -> dict[str, Any]:
+    """A share link: the patient permits its holder (with the PIN) to see the studies."""
+    ended_at = share.revoked_at or share.locked_at
+    end = as_utc(ended_at) if ended_at else as_utc(share.expires_at)
+    recipient = share.label or share.email or "Whoever holds the link and its PIN"
+    return _resource(
+        consent_id=f"{SHARE_PREFIX}{share.id}",
+        active=ended_at is None and end > now,
+        patient=share.patient_fhir_id,
+        created=as_utc(share.created_at),
+        end=end.isoformat(timespec="seconds"),
+        recipient=recipient,
+        words="View and download the chosen studies through a share link",
+        studies=list(share.studies),
+    )
 
 
 def consent(grant: Grant, app_name: str, patient: str, now: datetime) -> dict[str, Any]:
+    """A patient's grant to an app."""
     context = grant.context or {}
     until = context.get("consent_until")
     ended = grant.revoked_at is not None or (
         bool(until) and datetime.fromisoformat(str(until)) <= now
     )
-    period: dict[str, str] = {"start": as_utc(grant.created_at).isoformat(timespec="seconds")}
-    if grant.revoked_at is not None:
-        period["end"] = as_utc(grant.revoked_at).isoformat(timespec="seconds")
-    elif until:
-        period["end"] = str(until)
+    end = as_utc(grant.revoked_at).isoformat(timespec="seconds") if grant.revoked_at else until
+    chosen = context.get("studies")
+    return _resource(
+        consent_id=grant.id,
+        active=not ended,
+        patient=patient,
+        created=as_utc(grant.created_at),
+        end=str(end) if end else None,
+        recipient=app_name,
+        words="; ".join(scopes.describe(s) for s in scopes.split(grant.scope)),
+        studies=chosen if isinstance(chosen, list) else None,
+    )
+
+
+def _resource(
+    *,
+    consent_id: str,
+    active: bool,
+    patient: str,
+    created: datetime,
+    end: str | None,
+    recipient: str,
+    words: str,
+    studies: list[str] | None,
+) -> dict[str, Any]:
+    period: dict[str, str] = {"start": created.isoformat(timespec="seconds")}
+    if end:
+        period["end"] = end
     provision: dict[str, Any] = {
         "type": "permit",
         "period": period,
@@ -68,7 +127,7 @@ def consent(grant: Grant, app_name: str, patient: str, now: datetime) -> dict[st
                         }
                     ]
                 },
-                "reference": {"display": app_name},
+                "reference": {"display": recipient},
             }
         ],
         "action": [
@@ -79,20 +138,19 @@ def consent(grant: Grant, app_name: str, patient: str, now: datetime) -> dict[st
                         "code": "access",
                     }
                 ],
-                "text": "; ".join(scopes.describe(s) for s in scopes.split(grant.scope)),
+                "text": words,
             }
         ],
     }
-    chosen = context.get("studies")
-    if isinstance(chosen, list):
+    if studies is not None:
         provision["data"] = [
             {"meaning": "instance", "reference": {"reference": f"ImagingStudy/{uid}"}}
-            for uid in chosen
+            for uid in studies
         ]
     return {
         "resourceType": "Consent",
-        "id": grant.id,
-        "status": "inactive" if ended else "active",
+        "id": consent_id,
+        "status": "active" if active else "inactive",
         "scope": {
             "coding": [
                 {
@@ -105,7 +163,7 @@ def consent(grant: Grant, app_name: str, patient: str, now: datetime) -> dict[st
             {"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Consent"}]}
         ],
         "patient": {"reference": f"Patient/{patient}"},
-        "dateTime": as_utc(grant.created_at).isoformat(timespec="seconds"),
+        "dateTime": created.isoformat(timespec="seconds"),
         "performer": [{"reference": f"Patient/{patient}"}],
         "policyRule": {
             "coding": [

@@ -341,7 +341,7 @@ async def search_consent(request: Request, services: Services) -> Response:
 async def read_consent(request: Request, services: Services) -> Response:
     found = await consents.consents(
         services.database.sessions,
-        grant_id=request.path_params["id"],
+        consent_id=request.path_params["id"][:80],
         patient=_consent_patient(request, None),
         now=services.release.clock(),
     )

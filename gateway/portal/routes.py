@@ -1,128 +1,90 @@
 """``/portal``: the patient's own pages, server-rendered, usable without JavaScript.
 
 Sign-in (and first activation) as at the authorization server, the jacket of
-studies, and the apps the patient has allowed, each revocable.
+studies with each study's images and reports, the apps the patient has
+allowed, the share links they made, and who saw what.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any
-
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
 
-from gateway.audit import AuditEntry
+from gateway.audit import AuditEntry, AuditMiddleware
 from gateway.auth import jacket, scopes
 from gateway.auth.accounts import AccountError
+from gateway.auth.attempts import TooManyAttempts, client_address
+from gateway.auth.authorize import audit_sign_in
 from gateway.auth.sessions import csrf_ok
+from gateway.dicomweb import routes as dicomweb_routes
+from gateway.dicomweb.archive import study_archive
+from gateway.portal import activity as activity_page
+from gateway.portal import shares_pages
+from gateway.portal.gates import PORTAL_COOKIE, ImageGate
+from gateway.portal.pages import (
+    form_fields,
+    moment,
+    redirect,
+    render,
+    set_cookie,
+    signed_in,
+    too_many,
+    zip_response,
+)
+from gateway.portal.viewing import study_view
 from gateway.services import Services
 from gateway.store.models import Account, BrowserSession
 
-COOKIE = "gateway_portal"
 SIGN_IN_FAILED = "The sign-in details are not right, or the account is locked for a while."
-templates = Environment(
-    loader=FileSystemLoader(Path(__file__).parent / "templates"),
-    autoescape=select_autoescape(["html"]),
-)
-HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": (
-        "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-}
-Handler = Callable[[Request, Services, BrowserSession, Account], Awaitable[Response]]
-
-
-def render(name: str, services: Services, status: int = 200, **values: Any) -> HTMLResponse:
-    values.setdefault("base", services.settings.public_url)
-    return HTMLResponse(
-        templates.get_template(name).render(**values), status_code=status, headers=HEADERS
-    )
-
-
-def _set_cookie(response: Response, services: Services, cookie: str) -> None:
-    response.set_cookie(
-        COOKIE,
-        cookie,
-        max_age=int(services.settings.session_hours * 3600),
-        path="/portal",
-        secure=services.settings.public_url.startswith("https://"),
-        httponly=True,
-        samesite="strict",
-    )
-
-
-def _to(services: Services, path: str) -> RedirectResponse:
-    return RedirectResponse(f"{services.settings.public_url}{path}", status_code=303)
-
-
-def signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Pages for a signed-in patient; everyone else goes to the sign-in page."""
-
-    async def endpoint(request: Request) -> Response:
-        services: Services = request.state.services
-        browser = await services.auth.browser_sessions.load(request.cookies.get(COOKIE))
-        account = (
-            await services.auth.accounts.get(browser.account_id)
-            if browser and browser.account_id
-            else None
-        )
-        if browser is None or account is None or account.kind != "patient":
-            return _to(services, "/portal/signin")
-        if request.method == "POST":
-            form = await request.form(max_files=0, max_fields=32)
-            token = form.get("csrf_token")
-            if not csrf_ok(browser, token if isinstance(token, str) else None):
-                return render("signin.html", services, 400, error="Please try again.")
-        return await handler(request, services, browser, account)
-
-    return endpoint
+IMAGES = "/portal/dicomweb"
 
 
 async def signin(request: Request) -> Response:
     services: Services = request.state.services
     sessions = services.auth.browser_sessions
-    browser = await sessions.load(request.cookies.get(COOKIE))
+    browser = await sessions.load(request.cookies.get(PORTAL_COOKIE))
     cookie = None
     if browser is None:
         cookie, browser = await sessions.start()
     if request.method == "GET":
-        response: Response = render("signin.html", services, csrf_token=browser.csrf_token)
+        page = render("signin.html", services, csrf_token=browser.csrf_token)
         if cookie:
-            _set_cookie(response, services, cookie)
-        return response
-    form = await request.form(max_files=0, max_fields=16)
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            set_cookie(page, services, PORTAL_COOKIE, cookie, "/portal")
+        return page
+    fields = await form_fields(request, max_fields=16)
     if not csrf_ok(browser, fields.get("csrf_token")):
         return render(
             "signin.html", services, 400, csrf_token=browser.csrf_token, error="Please try again."
         )
-    accounts = services.auth.accounts
-    code = fields.get("access_code", "").strip()
+    address = client_address(request)
     try:
-        if fields.get("mode") == "activate":
+        await services.auth.attempts.check("sign-in", address)
+    except TooManyAttempts as exc:
+        return too_many(services, exc, "signin.html", csrf_token=browser.csrf_token)
+    accounts = services.auth.accounts
+    code = str(fields.get("access_code", "")).strip()
+    mode = fields.get("mode")
+    try:
+        if mode == "activate":
             account = await accounts.activate(
-                code, fields.get("birth_date", "").strip(), fields.get("passphrase", "")
+                code, str(fields.get("birth_date", "")).strip(), str(fields.get("passphrase", ""))
             )
         else:
-            account = await accounts.sign_in(code, fields.get("passphrase", ""))
+            account = await accounts.sign_in(code, str(fields.get("passphrase", "")))
     except AccountError as exc:
         return render("signin.html", services, 400, csrf_token=browser.csrf_token, error=str(exc))
-    if account is None or account.kind != "patient":
+    account = account if account is not None and account.kind == "patient" else None
+    await audit_sign_in(services, account, str(mode or "patient"))
+    if account is None:
+        await services.auth.attempts.failed("sign-in", address)
         return render(
             "signin.html", services, 401, csrf_token=browser.csrf_token, error=SIGN_IN_FAILED
         )
     new_cookie, _ = await sessions.sign_in(browser, account.id)
-    response = _to(services, "/portal/")
-    _set_cookie(response, services, new_cookie)
+    response: Response = redirect(services, "/portal/")
+    set_cookie(response, services, PORTAL_COOKIE, new_cookie, "/portal")
     return response
 
 
@@ -131,8 +93,8 @@ async def signout(
     request: Request, services: Services, browser: BrowserSession, account: Account
 ) -> Response:
     await services.auth.browser_sessions.end(browser)
-    response = _to(services, "/portal/signin")
-    response.delete_cookie(COOKIE, path="/portal")
+    response = redirect(services, "/portal/signin")
+    response.delete_cookie(PORTAL_COOKIE, path="/portal")
     return response
 
 
@@ -143,7 +105,7 @@ async def home(
     patient = account.patient_fhir_id or ""
     studies = await jacket.studies_of(services, patient)
     releases = await services.release.for_patient(services, patient)
-    held = {uid: _day(at) for uid, at in releases.held.items()}
+    held = {uid: moment(at) for uid, at in releases.held.items()}
     return render(
         "jacket.html",
         services,
@@ -154,6 +116,89 @@ async def home(
         held=held,
         can_waive=bool(held) and services.settings.release_waiver_allowed,
     )
+
+
+@signed_in
+async def study(
+    request: Request, services: Services, browser: BrowserSession, account: Account
+) -> Response:
+    """One of the patient's released studies: its images, one at a time, and its reports."""
+    patient = account.patient_fhir_id or ""
+    uid = request.path_params["uid"]
+    releases = await services.release.for_patient(services, patient)
+    if uid in releases.held:
+        return render(
+            "message.html",
+            services,
+            403,
+            signed_in=True,
+            csrf_token=browser.csrf_token,
+            title="Not available yet",
+            message=(
+                f"This study will be available to you from {moment(releases.held[uid])}, "
+                "so that your physician can go over the results with you first."
+            ),
+        )
+    visibility = await services.release.visibility(services, patient)
+    view = await study_view(services, visibility, uid, IMAGES)
+    if view is None:
+        return render(
+            "message.html",
+            services,
+            404,
+            signed_in=True,
+            csrf_token=browser.csrf_token,
+            title="Study not found",
+            message="This study is not in your records.",
+        )
+    return render(
+        "study.html",
+        services,
+        signed_in=True,
+        csrf_token=browser.csrf_token,
+        view=view,
+        shown=view.image(request.query_params.get("series"), _number(request)),
+        page_url=f"/portal/studies/{uid}",
+        images=IMAGES,
+        download=f"/portal/studies/{uid}/download",
+    )
+
+
+@signed_in
+async def download(
+    request: Request, services: Services, browser: BrowserSession, account: Account
+) -> Response:
+    """The patient's own copy of a released study, as a ZIP of DICOM files."""
+    patient = account.patient_fhir_id or ""
+    uid = request.path_params["uid"]
+    visibility = await services.release.visibility(services, patient)
+    if visibility.studies is None or uid not in visibility.studies:
+        return render(
+            "message.html",
+            services,
+            404,
+            signed_in=True,
+            csrf_token=browser.csrf_token,
+            title="Study not found",
+            message="This study is not in your records, or not available yet.",
+        )
+    await services.audit.record(
+        AuditEntry(
+            category="dicomweb",
+            action="retrieve",
+            outcome=200,
+            user=f"{services.settings.fhir_base_url}/Patient/{patient}",
+            patient=patient,
+            study=uid,
+            detail="portal download (ZIP)",
+        )
+    )
+    return zip_response(study_archive(services.upstream, [uid], visibility), f"study-{uid[-12:]}")
+
+
+def _number(request: Request) -> int:
+    text = request.query_params.get("image", "1")
+    return int(text) if text.isdigit() and len(text) < 7 else 1
 
 
 @signed_in
@@ -171,7 +216,7 @@ async def waive(
             patient=account.patient_fhir_id,
         )
     )
-    return _to(services, "/portal/")
+    return redirect(services, "/portal/")
 
 
 @signed_in
@@ -188,8 +233,8 @@ async def apps(
                 "app": app_name,
                 "permissions": [scopes.describe(s) for s in granted],
                 "studies": chosen if isinstance(chosen, list) else None,
-                "created": _day(grant.created_at),
-                "last_used": _day(last_issued) if last_issued else None,
+                "created": moment(grant.created_at),
+                "last_used": moment(last_issued) if last_issued else None,
                 "until": str((grant.context or {}).get("consent_until", ""))[:10] or None,
             }
         )
@@ -221,50 +266,7 @@ async def revoke_app(
             detail=f"grant {request.path_params['grant'][:64]}",
         )
     )
-    return _to(services, "/portal/apps?revoked=1")
-
-
-WHAT = {
-    ("rest", "search"): "Searched your records",
-    ("rest", "read"): "Opened a record",
-    ("dicomweb", "search"): "Looked up your images",
-    ("dicomweb", "retrieve"): "Viewed or downloaded images",
-    ("dicomweb", "store"): "Stored images",
-    ("token", "authorization_code"): "Received access",
-    ("token", "refresh_token"): "Renewed access",
-    ("token", "revoke"): "Gave up access",
-    ("consent", "grant"): "You allowed an app",
-    ("consent", "deny"): "You refused an app",
-    ("consent", "revoke"): "You withdrew an app",
-    ("login", "sign-in"): "Signed in",
-    ("login", "activate"): "Activated the access code",
-    ("consent", "waive-delay"): "You chose to see new results at once",
-}
-
-
-@signed_in
-async def activity(
-    request: Request, services: Services, browser: BrowserSession, account: Account
-) -> Response:
-    records = await services.audit.search(patient=account.patient_fhir_id or "-", limit=200)
-    names = {c.client_id: c.name for c in await services.auth.clients.all()}
-    events = [
-        {
-            "when": _day(record.recorded),
-            "who": names.get(record.client_id or "", "You") if record.client_id else "You",
-            "what": WHAT.get((record.category, record.action), record.action),
-            "study": record.study,
-            "result": "Done" if record.outcome < 400 else "Refused",
-        }
-        for record in records
-    ]
-    return render(
-        "activity.html", services, signed_in=True, csrf_token=browser.csrf_token, events=events
-    )
-
-
-def _day(value: Any) -> str:
-    return value.strftime("%Y-%m-%d %H:%M UTC") if value else ""
+    return redirect(services, "/portal/apps?revoked=1")
 
 
 def routes() -> list[BaseRoute]:
@@ -272,8 +274,19 @@ def routes() -> list[BaseRoute]:
         Route("/", home, methods=["GET"]),
         Route("/signin", signin, methods=["GET", "POST"]),
         Route("/signout", signout, methods=["POST"]),
+        Route("/studies/{uid}", study, methods=["GET"]),
+        Route("/studies/{uid}/download", download, methods=["GET"]),
         Route("/apps", apps, methods=["GET"]),
-        Route("/activity", activity, methods=["GET"]),
-        Route("/waive", waive, methods=["POST"]),
         Route("/apps/{grant}/revoke", revoke_app, methods=["POST"]),
+        *shares_pages.routes(),
+        Route("/activity", activity_page.activity, methods=["GET"]),
+        Route("/waive", waive, methods=["POST"]),
+        Mount(
+            "/dicomweb",
+            routes=dicomweb_routes.viewing_routes(),
+            middleware=[
+                Middleware(AuditMiddleware, api="dicomweb"),
+                Middleware(ImageGate, who="portal"),
+            ],
+        ),
     ]

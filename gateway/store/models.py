@@ -85,12 +85,15 @@ class Account(Base):
 
 
 class BrowserSession(Base):
-    """A signed-in browser. The cookie holds a random id; only its hash is stored."""
+    """A signed-in browser (or a share recipient past the PIN). The cookie holds a
+    random id; only its hash is stored."""
 
     __tablename__ = "browser_session"
 
     id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     account_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # A share-link recipient who entered the right PIN: no account, one share.
+    share_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     csrf_token: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -219,3 +222,41 @@ class DelayWaiver(Base):
 
     patient_fhir_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     waived_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ShareLink(Base):
+    """Studies a patient shared with someone who has no account (Image Share phase 2).
+
+    The link carries a 256-bit token (kept as SHA-256) and opens only with a separate
+    6-digit PIN (kept as argon2id); five wrong PINs lock the link for good.
+    """
+
+    __tablename__ = "share_link"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    pin_hash: Mapped[str] = mapped_column(String(200))
+    account_id: Mapped[str] = mapped_column(String(64), index=True)
+    patient_fhir_id: Mapped[str] = mapped_column(String(64), index=True)
+    studies: Mapped[list[str]] = mapped_column(JSON, default=list)
+    label: Mapped[str] = mapped_column(String(200), default="")
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    failed_pins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_opened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AttemptWindow(Base):
+    """Failed secret guesses from one client address on one surface, per window.
+
+    Shared through the database so that every replica counts the same guesses.
+    """
+
+    __tablename__ = "attempt_window"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    failures: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,219 @@
+"""Whole studies as one ZIP of DICOM Part 10 files, streamed: the share-link download.
+
+Instances are listed with instance-level QIDO (narrowed by, and re-checked
+against, the request's visibility), then fetched one at a time with WADO-RS and
+copied into the ZIP as their bytes arrive, so memory stays around one chunk
+whatever the size of the studies.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import zipfile
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from python_multipart import MultipartParser
+
+from gateway.access import CHECK_FIELDS, Visibility
+from gateway.dicomweb import dicomjson as dj
+from gateway.dicomweb.dicomjson import DicomJson
+from gateway.dicomweb.stow import boundary_of
+from gateway.dicomweb.upstream import Upstream
+from gateway.errors import GatewayError, UpstreamBadResponse
+
+MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
+_LISTED = ("SeriesInstanceUID", "SOPInstanceUID", "InstanceNumber", "SeriesNumber", "Modality")
+FIELDS = tuple(dict.fromkeys((*CHECK_FIELDS, *_LISTED, "StudyDate", "StudyDescription")))
+UNSAFE = re.compile(r"[^A-Za-z0-9]+")
+# Sorts unnumbered series and instances after the numbered ones.
+LAST = 1 << 31
+
+
+@dataclass
+class _Study:
+    uid: str
+    folder: str
+    date: str | None
+    description: str | None
+    instances: list[DicomJson]
+
+
+class _Sink:
+    """A write-only file with no tell() or seek(): zipfile then writes data
+    descriptors after each member instead of seeking back to patch headers."""
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self._pieces.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def drain(self) -> bytes:
+        drained = b"".join(self._pieces)
+        self._pieces.clear()
+        return drained
+
+
+def _bad() -> UpstreamBadResponse:
+    return UpstreamBadResponse("The archive sent an instance that cannot be read.")
+
+
+class _SinglePart:
+    """The body of the one part of a WADO-RS multipart answer, as the answer streams in."""
+
+    def __init__(self, media_type: str) -> None:
+        try:
+            self._parser = MultipartParser(
+                boundary_of(media_type),
+                {"on_part_begin": self._begin, "on_part_data": self._data, "on_end": self._end},
+            )
+        except (GatewayError, ValueError):
+            raise _bad() from None
+        self._pieces: list[bytes] = []
+        self._parts = self._size = 0
+        self._ended = False
+
+    def _begin(self) -> None:
+        self._parts += 1
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        self._pieces.append(data[start:end])
+        self._size += end - start
+
+    def _end(self) -> None:
+        self._ended = True
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        try:
+            self._parser.write(chunk)
+        except ValueError:  # MultipartParseError
+            raise _bad() from None
+        if self._parts > 1:
+            raise _bad()
+        pieces, self._pieces = self._pieces, []
+        return pieces
+
+    def finish(self) -> None:
+        # The parser never complains about a body cut short: only the closing
+        # boundary tells a whole instance from a truncated one.
+        if not self._ended or self._parts != 1 or not self._size:
+            raise _bad()
+
+
+async def study_archive(
+    upstream: Upstream, study_uids: Sequence[str], visibility: Visibility
+) -> AsyncIterator[bytes]:
+    """ZIP bytes of every instance of the given studies, as Part 10 files, streamed."""
+    studies: list[_Study] = []
+    for uid in dict.fromkeys(study_uids):
+        instances = await _visible_instances(upstream, uid, visibility)
+        if instances:
+            date = next((d for i in instances if (d := dj.text(i, "StudyDate"))), None)
+            described = next((d for i in instances if (d := dj.text(i, "StudyDescription"))), None)
+            date = date if date and re.fullmatch(r"[0-9]{8}", date) else None
+            folder = f"{len(studies) + 1:02d}_{date or 'undated'}_{_slug(described, 'study')}"
+            studies.append(_Study(uid, folder, date, described, instances))
+
+    sink = _Sink()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("README.txt", _readme(studies))
+        yield sink.drain()
+        used: set[str] = set()
+        for study in studies:
+            for item in study.instances:
+                series, instance = (
+                    dj.text(item, k) for k in ("SeriesInstanceUID", "SOPInstanceUID")
+                )
+                name = _unique(_member_name(study.folder, item), used)
+                path = f"studies/{study.uid}/series/{series}/instances/{instance}"
+                retrieved = await upstream.retrieve(path, MULTIPART_DICOM)
+                try:
+                    body = _SinglePart(retrieved.media_type)
+                    with zf.open(name, "w", force_zip64=True) as member:
+                        async for chunk in retrieved.chunks:
+                            for piece in body.feed(chunk):
+                                member.write(piece)
+                            if out := sink.drain():
+                                yield out
+                        body.finish()
+                finally:
+                    await retrieved.close()
+                yield sink.drain()  # the member's data descriptor
+    yield sink.drain()  # the central directory
+
+
+async def _visible_instances(
+    upstream: Upstream, uid: str, visibility: Visibility
+) -> list[DicomJson]:
+    found: dict[str, DicomJson] = {}
+    for filters in visibility.narrow({"StudyInstanceUID": uid}):
+        for item in await upstream.search_instances(filters, FIELDS):
+            if dj.text(item, "StudyInstanceUID") != uid or not visibility.permits(item):
+                continue
+            series, instance = dj.text(item, "SeriesInstanceUID"), dj.text(item, "SOPInstanceUID")
+            # These go into a WADO-RS path: anything but a UID could point elsewhere.
+            if not (series and instance and dj.is_uid(series) and dj.is_uid(instance)):
+                raise UpstreamBadResponse("The archive listed an instance without valid UIDs.")
+            found.setdefault(instance, item)
+    return sorted(found.values(), key=_order)
+
+
+def _order(item: DicomJson) -> tuple[int, str, int, str]:
+    series, instance = dj.integer(item, "SeriesNumber"), dj.integer(item, "InstanceNumber")
+    return (
+        LAST if series is None else series,
+        dj.text(item, "SeriesInstanceUID") or "",
+        LAST if instance is None else instance,
+        dj.text(item, "SOPInstanceUID") or "",
+    )
+
+
+def _member_name(folder: str, item: DicomJson) -> str:
+    series = max(dj.integer(item, "SeriesNumber") or 0, 0)
+    instance = max(dj.integer(item, "InstanceNumber") or 0, 0)
+    modality = _slug(dj.text(item, "Modality"), "OT").upper()
+    suffix = (dj.text(item, "SOPInstanceUID") or "").replace(".", "")[-8:]
+    return f"{folder}/{series:03d}_{modality}/{instance:05d}_{suffix}.dcm"
+
+
+def _unique(name: str, used: set[str]) -> str:
+    # Two series may share a number and modality, and short UID suffixes may collide.
+    stem, candidate, n = name.removesuffix(".dcm"), name, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{stem}_{n}.dcm"
+    used.add(candidate)
+    return candidate
+
+
+def _slug(value: str | None, default: str) -> str:
+    """ASCII letters, digits and dashes only: every unzip tool and file system takes it."""
+    ascii_text = unicodedata.normalize("NFKD", value or "").encode("ascii", "ignore").decode()
+    return UNSAFE.sub("-", ascii_text).strip("-").lower()[:40].strip("-") or default
+
+
+def _readme(studies: Sequence[_Study]) -> str:
+    lines = [
+        "Medical images shared with you.",
+        "",
+        "Each .dcm file is one DICOM Part 10 file (one image or document), the standard",
+        "format of medical imaging: open the folders with any DICOM viewer.",
+        "",
+    ]
+    for study in studies:
+        date = study.date or "undated"
+        if study.date:
+            date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+        description = "".join(c for c in study.description or "" if c.isprintable()) or "Study"
+        count = f"{len(study.instances)} file{'' if len(study.instances) == 1 else 's'}"
+        lines.append(f"{study.folder}/  {date}  {description}  ({count})")
+    if not studies:
+        lines.append("No studies are included.")
+    return "\n".join(lines) + "\n"

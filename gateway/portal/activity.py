@@ -1,0 +1,75 @@
+"""The portal's Activity page: who saw what of the patient's records, and when.
+
+It reads the same audit trail that ``/fhir/AuditEvent`` serves, and puts each
+record in plain words.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.portal.pages import moment, render, signed_in
+from gateway.services import Services
+from gateway.store.models import Account, AuditRecord, BrowserSession
+
+MAX_EVENTS = 200
+WHAT = {
+    ("rest", "search"): "Searched your records",
+    ("rest", "read"): "Opened a record",
+    ("dicomweb", "search"): "Looked up your images",
+    ("dicomweb", "retrieve"): "Viewed or downloaded images",
+    ("dicomweb", "store"): "Stored images",
+    ("token", "authorization_code"): "Received access",
+    ("token", "refresh_token"): "Renewed access",
+    ("token", "revoke"): "Gave up access",
+    ("consent", "grant"): "You allowed an app",
+    ("consent", "deny"): "You refused an app",
+    ("consent", "revoke"): "You withdrew an app",
+    ("consent", "waive-delay"): "You chose to see new results at once",
+    ("login", "sign-in"): "Signed in",
+    ("login", "activate"): "Activated the access code",
+    ("share", "create"): "You created a share link",
+    ("share", "mail"): "The share link was mailed",
+    ("share", "open"): "Opened your share link with the PIN",
+    ("share", "pin-failure"): "A wrong PIN was entered for your share link",
+    ("share", "locked"): "Your share link locked after wrong PINs",
+    ("share", "view"): "Looked at a shared study",
+    ("share", "download"): "Downloaded shared studies",
+    ("share", "revoke"): "You withdrew a share link",
+    ("admin", "enroll"): "Staff enrolled you",
+}
+
+
+@signed_in
+async def activity(
+    request: Request, services: Services, browser: BrowserSession, account: Account
+) -> Response:
+    records = await services.audit.search(patient=account.patient_fhir_id or "-", limit=MAX_EVENTS)
+    apps = {c.client_id: c.name for c in await services.auth.clients.all()}
+    shares = {s.id: s.label for s in await services.shares.of_account(account.id)}
+    events = [
+        {
+            "when": moment(record.recorded),
+            "who": _who(record, apps, shares),
+            "what": WHAT.get((record.category, record.action), record.action),
+            "study": record.study,
+            "result": "Done" if record.outcome < 400 else "Refused",
+        }
+        for record in records
+    ]
+    return render(
+        "activity.html", services, signed_in=True, csrf_token=browser.csrf_token, events=events
+    )
+
+
+def _who(record: AuditRecord, apps: dict[str, str], shares: dict[str, str]) -> str:
+    if record.client_id:
+        return apps.get(record.client_id, "An app")
+    user = record.user or ""
+    if user.startswith("share/"):
+        label = shares.get(user.removeprefix("share/"))
+        return f"Share link: {label}" if label else "Share link recipient"
+    if "/Practitioner/" in user:
+        return "A physician"
+    return "You" if user or record.category in ("login", "consent", "share") else "Someone"

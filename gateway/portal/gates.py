@@ -1,0 +1,108 @@
+"""Who is looking, for the pages and images under ``/portal`` and ``/share``.
+
+A signed-in patient sees their own released studies; a recipient who opened
+a share link with its PIN sees that share's studies, while it lasts. The
+image routes (``/portal/dicomweb``, ``/share/dicomweb``) are the DICOMweb
+rendering routes themselves, behind :class:`ImageGate`. The gate puts its
+decision in the request state as a bearer token's gate does
+(:mod:`gateway.access`, :mod:`gateway.audit`), so one access decision point
+and one audit trail cover all three ways in.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.access import Visibility
+from gateway.audit import Actor, share_user
+from gateway.store.models import Account, BrowserSession, ShareLink
+
+if TYPE_CHECKING:
+    from gateway.services import Services
+
+PORTAL_COOKIE = "gateway_portal"
+SHARE_COOKIE = "gateway_share"
+
+
+async def portal_patient(
+    services: Services, cookie: str | None
+) -> tuple[BrowserSession, Account] | None:
+    """The browser session and patient account behind a portal cookie, if signed in."""
+    browser = await services.auth.browser_sessions.load(cookie)
+    if browser is None or not browser.account_id:
+        return None
+    account = await services.auth.accounts.get(browser.account_id)
+    if account is None or account.kind != "patient" or not account.patient_fhir_id:
+        return None
+    return browser, account
+
+
+async def opened_share(
+    services: Services, cookie: str | None
+) -> tuple[BrowserSession, ShareLink] | None:
+    """The session and share behind a share cookie, while the share still opens."""
+    browser = await services.auth.browser_sessions.load(cookie)
+    if browser is None or not browser.share_id:
+        return None
+    share = await services.shares.active(browser.share_id)
+    return (browser, share) if share is not None else None
+
+
+async def share_visibility(services: Services, share: ShareLink) -> Visibility:
+    key = await services.patient_index.key_for(share.patient_fhir_id)
+    if key is None:
+        return Visibility(patients=frozenset(), studies=frozenset())
+    return Visibility(patients=frozenset({key}), studies=frozenset(share.studies))
+
+
+def patient_actor(services: Services, patient_fhir_id: str) -> Actor:
+    return Actor(
+        user=f"{services.settings.fhir_base_url}/Patient/{patient_fhir_id}",
+        patient=patient_fhir_id,
+    )
+
+
+def share_actor(share: ShareLink) -> Actor:
+    return Actor(user=share_user(share.id), patient=share.patient_fhir_id)
+
+
+class ImageGate:
+    """Wraps the image routes of the portal (``who="portal"``) or of shares (``"share"``)."""
+
+    def __init__(self, app: ASGIApp, who: str) -> None:
+        self.app = app
+        self.who = who
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        services: Services = scope["state"]["services"]
+        cookies = Request(scope).cookies
+        visibility: Visibility | None = None
+        actor: Actor | None = None
+        if self.who == "portal":
+            patient = await portal_patient(services, cookies.get(PORTAL_COOKIE))
+            if patient is not None:
+                fhir_id = patient[1].patient_fhir_id or ""
+                visibility = await services.release.visibility(services, fhir_id)
+                actor = patient_actor(services, fhir_id)
+        else:
+            opened = await opened_share(services, cookies.get(SHARE_COOKIE))
+            if opened is not None:
+                visibility = await share_visibility(services, opened[1])
+                actor = share_actor(opened[1])
+        if visibility is None:
+            message = "Sign in again (or open the share link again) to see these images."
+            refusal = PlainTextResponse(
+                message + "\n", status_code=401, headers={"Warning": f'299 gateway "{message}"'}
+            )
+            await refusal(scope, receive, send)
+            return
+        scope["state"]["visibility"] = visibility
+        scope["state"]["actor"] = actor
+        await self.app(scope, receive, send)

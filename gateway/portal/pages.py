@@ -1,0 +1,129 @@
+"""What every portal and share page has in common: templates, headers, cookies, sign-in.
+
+Pages are server-rendered (Jinja2, autoescaped) and need no JavaScript. The
+Content-Security-Policy allows no script at all, images and forms from this
+server only, and no framing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+
+from gateway.auth.attempts import TooManyAttempts
+from gateway.auth.sessions import csrf_ok
+from gateway.portal.gates import PORTAL_COOKIE, portal_patient
+from gateway.services import Services
+from gateway.store.models import Account, BrowserSession
+
+templates = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+)
+HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+Handler = Callable[[Request, Services, BrowserSession, Account], Awaitable[Response]]
+
+
+def render(
+    name: str,
+    services: Services,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    **values: Any,
+) -> HTMLResponse:
+    values.setdefault("base", services.settings.public_url)
+    return HTMLResponse(
+        templates.get_template(name).render(**values),
+        status_code=status,
+        headers={**HEADERS, **(headers or {})},
+    )
+
+
+def set_cookie(response: Response, services: Services, name: str, value: str, path: str) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=int(services.settings.session_hours * 3600),
+        path=path,
+        secure=services.settings.public_url.startswith("https://"),
+        httponly=True,
+        samesite="strict",
+    )
+
+
+def redirect(services: Services, path: str) -> RedirectResponse:
+    return RedirectResponse(f"{services.settings.public_url}{path}", status_code=303)
+
+
+def moment(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value else ""
+
+
+async def form_fields(request: Request, max_fields: int = 32) -> dict[str, Any]:
+    """A posted form: single values as strings, repeated ``study`` fields as a list."""
+    form = await request.form(max_files=0, max_fields=max_fields)
+    fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
+    fields["study"] = [v for v in form.getlist("study") if isinstance(v, str)]
+    return fields
+
+
+def too_many(services: Services, exc: TooManyAttempts, template: str, **values: str) -> Response:
+    minutes = max(1, exc.retry_after // 60)
+    return render(
+        template,
+        services,
+        429,
+        headers={"Retry-After": str(exc.retry_after)},
+        error=f"Too many failed attempts from this connection. Try again in {minutes} minutes.",
+        **values,
+    )
+
+
+def zip_response(chunks: AsyncIterator[bytes], name: str) -> StreamingResponse:
+    return StreamingResponse(
+        chunks,
+        media_type="application/zip",
+        headers={
+            "Content-Disposition": f'attachment; filename="{name}.zip"',
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+def signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Pages for a signed-in patient; everyone else goes to the sign-in page.
+
+    A POST must carry the session's CSRF token; its form is then parsed once and
+    left in ``request.state.form``.
+    """
+
+    async def endpoint(request: Request) -> Response:
+        services: Services = request.state.services
+        found = await portal_patient(services, request.cookies.get(PORTAL_COOKIE))
+        if found is None:
+            return redirect(services, "/portal/signin")
+        browser, account = found
+        if request.method == "POST":
+            fields = await form_fields(request, max_fields=512)
+            if not csrf_ok(browser, fields.get("csrf_token")):
+                return render("signin.html", services, 400, error="Please try again.")
+            request.state.form = fields
+        return await handler(request, services, browser, account)
+
+    return endpoint

@@ -1,0 +1,226 @@
+"""``/share``: what the recipient of a share link opens, with no account.
+
+``/share/{token}`` asks for the PIN. The right PIN opens a fresh session bound
+to that share, and the pages after it (``/share/view...``) no longer carry the
+token. They show the shared studies, their reports and images, and a streamed
+ZIP download. Revocation, expiry and the lock are checked at every request.
+Every opening, wrong PIN, view and download goes to the patient's audit trail.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from gateway.audit import AuditEntry, AuditMiddleware
+from gateway.auth.attempts import TooManyAttempts, client_address
+from gateway.auth.sessions import csrf_ok
+from gateway.dicomweb import routes as dicomweb_routes
+from gateway.dicomweb.archive import study_archive
+from gateway.portal.gates import (
+    SHARE_COOKIE,
+    ImageGate,
+    opened_share,
+    share_actor,
+    share_visibility,
+)
+from gateway.portal.pages import (
+    form_fields,
+    moment,
+    redirect,
+    render,
+    set_cookie,
+    too_many,
+    zip_response,
+)
+from gateway.portal.shares import MAX_PIN_FAILURES, PinCheck, ShareState, state_of
+from gateway.portal.viewing import study_summaries, study_view
+from gateway.services import Services
+from gateway.store.models import BrowserSession, ShareLink
+
+IMAGES = "/share/dicomweb"
+NOT_VALID = (
+    "This share link is not valid: it may have expired, or the patient may have withdrawn it."
+)
+LOCKED = "This share link is locked after too many wrong PINs. Ask the patient for a new link."
+SESSION_OVER = "Your access to these studies has ended. Open the share link again to continue."
+
+
+def _ended(services: Services, status: int, message: str) -> Response:
+    return render("message.html", services, status, title="Shared studies", message=message)
+
+
+async def _audit(
+    services: Services, share: ShareLink, action: str, outcome: int, **more: str
+) -> None:
+    actor = share_actor(share)
+    await services.audit.record(
+        AuditEntry(
+            category="share",
+            action=action,
+            outcome=outcome,
+            user=actor.user,
+            patient=actor.patient,
+            study=more.get("study"),
+            detail=more.get("detail", f"share {share.id}"),
+        )
+    )
+
+
+async def open_share(request: Request) -> Response:
+    """The link itself: the PIN form, and its answer."""
+    services: Services = request.state.services
+    share = await services.shares.by_token(request.path_params["token"])
+    state = state_of(share, services.shares.clock()) if share else None
+    if share is None or state in (ShareState.expired, ShareState.revoked):
+        return _ended(services, 404, NOT_VALID)
+    if state is ShareState.locked:
+        return _ended(services, 403, LOCKED)
+    sessions = services.auth.browser_sessions
+    browser = await sessions.load(request.cookies.get(SHARE_COOKIE))
+    cookie = None
+    if browser is None:
+        cookie, browser = await sessions.start()
+    values = {"csrf_token": browser.csrf_token, "token": request.path_params["token"]}
+    if request.method == "GET":
+        page = render("share_pin.html", services, **values)
+        if cookie:
+            set_cookie(page, services, SHARE_COOKIE, cookie, "/share")
+        return page
+    fields = await form_fields(request, max_fields=8)
+    if not csrf_ok(browser, fields.get("csrf_token")):
+        return render("share_pin.html", services, 400, error="Please try again.", **values)
+    address = client_address(request)
+    try:
+        await services.auth.attempts.check("share-pin", address)
+    except TooManyAttempts as exc:
+        return too_many(services, exc, "share_pin.html", **values)
+    checked = await services.shares.check_pin(share, str(fields.get("pin", "")))
+    if checked is PinCheck.opened:
+        await _audit(services, share, "open", 200)
+        new_cookie, _ = await sessions.open_share(browser, share.id)
+        response = redirect(services, "/share/view")
+        set_cookie(response, services, SHARE_COOKIE, new_cookie, "/share")
+        return response
+    await services.auth.attempts.failed("share-pin", address)
+    if checked is PinCheck.locked:
+        await _audit(services, share, "locked", 403)
+        return _ended(services, 403, LOCKED)
+    await _audit(services, share, "pin-failure", 401)
+    stored = await services.shares.get(share.id)
+    left = MAX_PIN_FAILURES - (stored.failed_pins if stored else MAX_PIN_FAILURES)
+    error = f"That PIN is not right. {left} {'try' if left == 1 else 'tries'} left."
+    return render("share_pin.html", services, 401, error=error, **values)
+
+
+async def _opened(request: Request) -> tuple[Services, BrowserSession | None, ShareLink | None]:
+    services: Services = request.state.services
+    found = await opened_share(services, request.cookies.get(SHARE_COOKIE))
+    return (services, *found) if found else (services, None, None)
+
+
+def _header(browser: BrowserSession, share: ShareLink) -> dict[str, Any]:
+    return {
+        "shared": True,
+        "share_label": share.label,
+        "until": moment(share.expires_at),
+        "csrf_token": browser.csrf_token,
+    }
+
+
+async def overview(request: Request) -> Response:
+    services, browser, share = await _opened(request)
+    if browser is None or share is None:
+        return _ended(services, 401, SESSION_OVER)
+    visibility = await share_visibility(services, share)
+    studies = await study_summaries(services, visibility, list(share.studies))
+    await _audit(services, share, "view", 200, detail=f"share {share.id}: the list of studies")
+    return render(
+        "share_view.html", services, studies=studies, images=IMAGES, **_header(browser, share)
+    )
+
+
+async def study(request: Request) -> Response:
+    services, browser, share = await _opened(request)
+    if browser is None or share is None:
+        return _ended(services, 401, SESSION_OVER)
+    uid = request.path_params["uid"]
+    visibility = await share_visibility(services, share)
+    view = await study_view(services, visibility, uid, IMAGES)
+    if view is None:
+        return _ended(services, 404, "This study is not part of the share.")
+    await _audit(services, share, "view", 200, study=uid)
+    number = request.query_params.get("image", "1")
+    return render(
+        "study.html",
+        services,
+        view=view,
+        shown=view.image(
+            request.query_params.get("series"),
+            int(number) if number.isdigit() and len(number) < 7 else 1,
+        ),
+        page_url=f"/share/view/studies/{uid}",
+        images=IMAGES,
+        download=f"/share/view/studies/{uid}/download",
+        back="/share/view",
+        **_header(browser, share),
+    )
+
+
+async def download(request: Request) -> Response:
+    """All the shared studies, or one, as a ZIP of DICOM Part 10 files (streamed)."""
+    services, browser, share = await _opened(request)
+    if browser is None or share is None:
+        return _ended(services, 401, SESSION_OVER)
+    uid = request.path_params.get("uid")
+    if uid is not None and uid not in share.studies:
+        return _ended(services, 404, "This study is not part of the share.")
+    wanted = [uid] if uid else list(share.studies)
+    visibility = await share_visibility(services, share)
+    await _audit(
+        services,
+        share,
+        "download",
+        200,
+        study=uid or "",
+        detail=f"share {share.id}: ZIP of {len(wanted)} studies",
+    )
+    name = f"shared-study-{uid[-12:]}" if uid else "shared-studies"
+    return zip_response(study_archive(services.upstream, wanted, visibility), name)
+
+
+async def close(request: Request) -> Response:
+    """The recipient closes the studies (on a shared computer, say)."""
+    services: Services = request.state.services
+    found = await services.auth.browser_sessions.load(request.cookies.get(SHARE_COOKIE))
+    fields = await form_fields(request, max_fields=8)
+    if found is not None and csrf_ok(found, fields.get("csrf_token")):
+        await services.auth.browser_sessions.end(found)
+    response = _ended(
+        services, 200, "You closed the shared studies. The link opens again with its PIN."
+    )
+    response.delete_cookie(SHARE_COOKIE, path="/share")
+    return response
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/view", overview, methods=["GET"]),
+        Route("/view/download", download, methods=["GET"]),
+        Route("/view/close", close, methods=["POST"]),
+        Route("/view/studies/{uid}", study, methods=["GET"]),
+        Route("/view/studies/{uid}/download", download, methods=["GET"]),
+        Mount(
+            "/dicomweb",
+            routes=dicomweb_routes.viewing_routes(),
+            middleware=[
+                Middleware(AuditMiddleware, api="dicomweb"),
+                Middleware(ImageGate, who="share"),
+            ],
+        ),
+        Route("/{token}", open_share, methods=["GET", "POST"]),
+    ]

@@ -1,0 +1,184 @@
+"""The portal's Shares pages: make a share link, see every link made, withdraw one.
+
+The link and its PIN are shown once, on the page that answers the creation, and
+never again (only their hashes are kept). With SMTP configured, the link (never
+the PIN) can also go to the recipient by mail.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.audit import AuditEntry
+from gateway.auth import jacket
+from gateway.mail import MailError, share_message
+from gateway.portal.pages import moment, redirect, render, signed_in
+from gateway.portal.shares import ShareError, state_of
+from gateway.services import Services
+from gateway.store.models import Account, BrowserSession
+
+STATE_WORDS = {
+    "active": "Active",
+    "expired": "Expired",
+    "revoked": "Withdrawn",
+    "locked": "Locked after 5 wrong PINs",
+}
+
+
+async def _shareable(services: Services, account: Account) -> list[jacket.JacketStudy]:
+    """The patient's studies that may be shared: their own, past the release delay."""
+    patient = account.patient_fhir_id or ""
+    studies = await jacket.studies_of(services, patient)
+    released = (await services.release.for_patient(services, patient)).released
+    return [s for s in studies if s.uid in released]
+
+
+async def _page(
+    services: Services,
+    browser: BrowserSession,
+    account: Account,
+    status: int = 200,
+    error: str | None = None,
+    notice: str | None = None,
+    entered: dict[str, Any] | None = None,
+) -> Response:
+    now = services.shares.clock()
+    shares = [
+        {
+            "id": share.id,
+            "label": share.label or "(no name given)",
+            "email": share.email,
+            "studies": len(share.studies),
+            "created": moment(share.created_at),
+            "expires": moment(share.expires_at),
+            "opened": moment(share.last_opened_at) if share.last_opened_at else None,
+            "state": STATE_WORDS[state_of(share, now).value],
+            "active": state_of(share, now).value == "active",
+        }
+        for share in await services.shares.of_account(account.id)
+    ]
+    return render(
+        "shares.html",
+        services,
+        status,
+        signed_in=True,
+        csrf_token=browser.csrf_token,
+        shares=shares,
+        studies=await _shareable(services, account),
+        days=services.shares.day_choices(),
+        default_days=services.settings.share_days,
+        can_mail=services.mailer.configured,
+        error=error,
+        notice=notice,
+        entered=entered or {},
+    )
+
+
+@signed_in
+async def shares(
+    request: Request, services: Services, browser: BrowserSession, account: Account
+) -> Response:
+    notice = "The share link was withdrawn." if request.query_params.get("revoked") else None
+    return await _page(services, browser, account, notice=notice)
+
+
+@signed_in
+async def create(
+    request: Request, services: Services, browser: BrowserSession, account: Account
+) -> Response:
+    fields: dict[str, Any] = request.state.form
+    own = {study.uid for study in await _shareable(services, account)}
+    chosen = [uid for uid in fields.get("study", []) if uid in own]
+    days_text = str(fields.get("days", services.settings.share_days))
+    try:
+        if len(chosen) != len(fields.get("study", [])):
+            raise ShareError("One of the chosen studies cannot be shared.")
+        created = await services.shares.create(
+            account_id=account.id,
+            patient_fhir_id=account.patient_fhir_id or "",
+            studies=chosen,
+            days=int(days_text) if days_text.isdigit() and len(days_text) < 5 else 0,
+            label=str(fields.get("label", "")),
+            email=str(fields.get("email", "")),
+        )
+    except ShareError as exc:
+        return await _page(services, browser, account, 400, error=str(exc), entered=fields)
+    share = created.share
+    await services.audit.record(
+        AuditEntry(
+            category="share",
+            action="create",
+            outcome=201,
+            user=account.id,
+            patient=account.patient_fhir_id,
+            detail=f"share {share.id}: {len(share.studies)} studies until "
+            f"{moment(share.expires_at)}" + (f" for {share.label}" if share.label else ""),
+        )
+    )
+    mailed = None
+    if share.email and services.mailer.configured:
+        subject, text = share_message(
+            link=services.shares.link(created.token),
+            patient_name=account.display_name,
+            label=share.label,
+            expires=share.expires_at,
+            studies=len(share.studies),
+        )
+        try:
+            await services.mailer.send(share.email, subject, text)
+            mailed = True
+        except MailError:
+            mailed = False
+        await services.audit.record(
+            AuditEntry(
+                category="share",
+                action="mail",
+                outcome=250 if mailed else 502,
+                user=account.id,
+                patient=account.patient_fhir_id,
+                detail=f"share {share.id}",
+            )
+        )
+    return render(
+        "share_created.html",
+        services,
+        201,
+        signed_in=True,
+        csrf_token=browser.csrf_token,
+        link=services.shares.link(created.token),
+        pin=created.pin,
+        share=share,
+        expires=moment(share.expires_at),
+        mailed=mailed,
+    )
+
+
+@signed_in
+async def revoke(
+    request: Request, services: Services, browser: BrowserSession, account: Account
+) -> Response:
+    share_id = request.path_params["share"][:64]
+    revoked = await services.shares.revoke(share_id, account.id)
+    await services.audit.record(
+        AuditEntry(
+            category="share",
+            action="revoke",
+            outcome=200 if revoked else 404,
+            user=account.id,
+            patient=account.patient_fhir_id,
+            detail=f"share {share_id}",
+        )
+    )
+    return redirect(services, "/portal/shares?revoked=1")
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/shares", shares, methods=["GET"]),
+        Route("/shares", create, methods=["POST"]),
+        Route("/shares/{share}/revoke", revoke, methods=["POST"]),
+    ]

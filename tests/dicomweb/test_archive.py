@@ -1,0 +1,233 @@
+"""The streamed ZIP of whole studies, on the embedded store and on Orthanc alike."""
+
+from __future__ import annotations
+
+import asyncio
+import zipfile
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from fixtures.generate import BENCH_PATIENT_ID
+from gateway.access import EVERYTHING, Visibility
+from gateway.dicomweb import dicomjson as dj
+from gateway.dicomweb.archive import study_archive
+from gateway.dicomweb.dicomjson import DicomJson
+from gateway.dicomweb.file_store import FileStoreUpstream
+from gateway.dicomweb.upstream import Retrieved, Upstream
+from gateway.errors import UpstreamBadResponse
+from tests.support.catalog import StudyFacts, by_patient, read_catalog
+
+MakeUpstream = Callable[[], Upstream]
+BENCH = ("HOSP-A", BENCH_PATIENT_ID)
+
+
+@pytest.fixture(params=["embedded", pytest.param("orthanc", marks=pytest.mark.orthanc)])
+def make_upstream(request: pytest.FixtureRequest) -> MakeUpstream:
+    """A factory: each asyncio.run gets its own upstream (HTTP clients are loop-bound)."""
+    if request.param == "embedded":
+        data_dir: Path = request.getfixturevalue("embedded_data_dir")
+        return lambda: FileStoreUpstream(data_dir / "dicom")
+    from gateway.dicomweb.http_upstream import HttpUpstream
+
+    url = request.getfixturevalue("seeded_orthanc").dicomweb_url
+    return lambda: HttpUpstream(url)
+
+
+@pytest.fixture(scope="module")
+def catalog(fixture_files: list[Path]) -> dict[str, StudyFacts]:
+    return read_catalog(fixture_files)
+
+
+@pytest.fixture(scope="module")
+def originals(fixture_files: list[Path]) -> dict[str, Path]:
+    return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in fixture_files}
+
+
+def two_studies(catalog: dict[str, StudyFacts]) -> list[str]:
+    """Two multi-instance studies of the bench patient."""
+    studies = [f for f in by_patient(catalog)[BENCH] if f.instances > 1]
+    return [studies[0].uid, studies[1].uid]
+
+
+def chunks_of(
+    make: MakeUpstream, uids: Sequence[str], visibility: Visibility = EVERYTHING
+) -> list[bytes]:
+    async def run() -> list[bytes]:
+        upstream = make()
+        try:
+            return [chunk async for chunk in study_archive(upstream, uids, visibility)]
+        finally:
+            await upstream.aclose()
+
+    return asyncio.run(run())
+
+
+def open_zip(chunks: list[bytes]) -> zipfile.ZipFile:
+    archive = zipfile.ZipFile(BytesIO(b"".join(chunks)))
+    assert archive.testzip() is None
+    assert archive.namelist()[0] == "README.txt"
+    return archive
+
+
+def dcm_names(archive: zipfile.ZipFile) -> list[str]:
+    return [n for n in archive.namelist() if n.endswith(".dcm")]
+
+
+def qido_sop_uids(make: MakeUpstream, uids: Sequence[str]) -> set[str]:
+    async def run() -> set[str]:
+        upstream = make()
+        try:
+            found = set()
+            for uid in uids:
+                for item in await upstream.search_instances(
+                    {"StudyInstanceUID": uid}, ["SOPInstanceUID"]
+                ):
+                    found.add(dj.text(item, "SOPInstanceUID") or "")
+            return found
+        finally:
+            await upstream.aclose()
+
+    return asyncio.run(run())
+
+
+def test_two_studies_of_one_patient(make_upstream: MakeUpstream, catalog, originals) -> None:
+    uids = two_studies(catalog)
+    chunks = chunks_of(make_upstream, uids)
+    archive = open_zip(chunks)
+    datasets = {name: dcmread(BytesIO(archive.read(name))) for name in dcm_names(archive)}
+    assert {str(d.SOPInstanceUID) for d in datasets.values()} == qido_sop_uids(make_upstream, uids)
+    assert {str(d.StudyInstanceUID) for d in datasets.values()} == set(uids)
+    with_pixels = next((n, d) for n, d in datasets.items() if "PixelData" in d)
+    name, dataset = with_pixels
+    assert dataset.PixelData == dcmread(originals[str(dataset.SOPInstanceUID)]).PixelData
+    assert name.startswith(("01_", "02_"))
+    readme = archive.read("README.txt").decode()
+    assert "DICOM Part 10" in readme
+    for uid in uids:
+        facts = catalog[uid]
+        assert str(facts.first.StudyDescription) in readme
+        assert f"({facts.instances} files)" in readme
+    # Members are in series then instance order within each study.
+    keys = [
+        (n.split("/")[0], int(d.get("SeriesNumber") or 0), int(d.get("InstanceNumber") or 0))
+        for n, d in datasets.items()
+    ]
+    assert keys == sorted(keys)
+
+
+def test_nothing_of_another_patient_leaks(make_upstream: MakeUpstream, catalog) -> None:
+    uids = two_studies(catalog)
+    # Same PatientID as a HOSP-A patient, other issuer: narrowing by PatientID alone
+    # would match, so only the per-instance re-check keeps the HOSP-A studies out.
+    namesake = by_patient(catalog)[("HOSP-A", "IS-1005")][0].uid
+    other = Visibility(patients=frozenset({("HOSP-B", "IS-1005")}))
+    archive = open_zip(chunks_of(make_upstream, [*uids, namesake], other))
+    assert dcm_names(archive) == []
+    assert "No studies" in archive.read("README.txt").decode()
+
+
+def test_only_the_visible_study(make_upstream: MakeUpstream, catalog) -> None:
+    uids = two_studies(catalog)
+    only_first = Visibility(studies=frozenset({uids[0]}))
+    archive = open_zip(chunks_of(make_upstream, uids, only_first))
+    names = dcm_names(archive)
+    assert len(names) == catalog[uids[0]].instances
+    assert {str(dcmread(BytesIO(archive.read(n))).StudyInstanceUID) for n in names} == {uids[0]}
+
+
+def test_unknown_and_empty_study_lists_give_a_valid_zip(make_upstream: MakeUpstream) -> None:
+    assert dcm_names(open_zip(chunks_of(make_upstream, []))) == []
+    assert dcm_names(open_zip(chunks_of(make_upstream, ["1.2.3.4.5.6.7"]))) == []
+
+
+def test_names_are_safe_and_unique(make_upstream: MakeUpstream, catalog) -> None:
+    uids = [facts.uid for facts in by_patient(catalog)[BENCH]]
+    names = open_zip(chunks_of(make_upstream, uids)).namelist()
+    assert len(names) == len(set(names))
+    for name in names:
+        assert name.isascii() and name.isprintable()
+        assert not name.startswith("/") and "\\" not in name
+        assert ".." not in name.split("/") and ".." not in name
+
+
+def test_it_streams(make_upstream: MakeUpstream, catalog) -> None:
+    uid = max(by_patient(catalog)[BENCH], key=lambda f: f.instances).uid
+    chunks = chunks_of(make_upstream, [uid])
+    assert len(chunks) > catalog[uid].instances
+    assert len(dcm_names(open_zip(chunks))) == catalog[uid].instances
+
+
+class FakeUpstream:
+    """One instance, whose WADO-RS answer is ``body`` sent in ``chunk``-byte pieces."""
+
+    name = "fake"
+    study, series, instance = "1.2.3", "1.2.3.4", "1.2.3.4.5"
+
+    def __init__(self, body: bytes, chunk: int) -> None:
+        self.body, self.chunk, self.closed = body, chunk, False
+
+    async def search_instances(
+        self, filters: Mapping[str, str], fields: Sequence[str] = (), limit: int | None = None
+    ) -> list[DicomJson]:
+        return [
+            {
+                dj.tag("StudyInstanceUID"): dj.element("UI", self.study),
+                dj.tag("SeriesInstanceUID"): dj.element("UI", self.series),
+                dj.tag("SOPInstanceUID"): dj.element("UI", self.instance),
+            }
+        ]
+
+    async def retrieve(self, path: str, accept: str) -> Retrieved:
+        assert path == f"studies/{self.study}/series/{self.series}/instances/{self.instance}"
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(self.body), self.chunk):
+                yield self.body[start : start + self.chunk]
+
+        async def close() -> None:
+            self.closed = True
+
+        media_type = 'multipart/related; type="application/dicom"; boundary=b0und'
+        return Retrieved(media_type, chunks(), close)
+
+
+def multipart(payload: bytes) -> bytes:
+    return b"--b0und\r\nContent-Type: application/dicom\r\n\r\n" + payload + b"\r\n--b0und--\r\n"
+
+
+def fake_archive(fake: FakeUpstream) -> bytes:
+    async def run() -> bytes:
+        return b"".join([c async for c in study_archive(fake, [fake.study], EVERYTHING)])  # type: ignore[arg-type]
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64, 1 << 20])
+def test_part_body_is_extracted_whatever_the_chunking(chunk: int) -> None:
+    # Bytes that look like the start of a boundary must stay in the body.
+    payload = bytes(range(256)) * 4 + b"\r\n--b0un" + b"\r\n-" + b"tail"
+    fake = FakeUpstream(multipart(payload), chunk)
+    archive = open_zip([fake_archive(fake)])
+    assert [archive.read(n) for n in dcm_names(archive)] == [payload]
+    assert fake.closed
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        multipart(b"DICM" * 100)[:-20],  # cut before the closing boundary
+        multipart(b"DICM" * 100)[:200],
+        b"",
+        b"not multipart at all",
+        multipart(b"one")[:-11] + b"--b0und\r\n\r\ntwo\r\n--b0und--\r\n",  # two parts
+    ],
+)
+def test_a_malformed_body_raises_and_closes(body: bytes) -> None:
+    fake = FakeUpstream(body, 64)
+    with pytest.raises(UpstreamBadResponse):
+        fake_archive(fake)
+    assert fake.closed
