@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from gateway import __version__, operations
+from gateway import __version__, logs, operations
 from gateway.admin import routes as admin_routes
 from gateway.audit import AuditMiddleware
 from gateway.auth import routes as auth_routes
@@ -46,6 +46,7 @@ def create_app(
     settings: Settings, *, services: Services | None = None, check_migrations: bool = True
 ) -> Starlette:
     """Build the application. Tests pass their own settings (and may pass services)."""
+    logs.install()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:

@@ -45,12 +45,12 @@ class Patient:
 def portal_harness(
     workdir: Path, data_dir: Path, clock: Clock, **settings: Any
 ) -> Iterator[Harness]:
+    settings.setdefault("release_delay_hours", 0)
     configured = make_settings(
         data_dir,
         database_url=f"sqlite+aiosqlite:///{workdir / 'g.db'}",
         auth_required=True,
         public_url=BASE,
-        release_delay_hours=0,
         **settings,
     )
     migrate(configured)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Message
+from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.consent import Consent
 from pydicom import dcmread
 from sqlalchemy import select
@@ -151,6 +152,29 @@ def test_a_share_opens_with_its_pin_and_shows_only_its_studies(
         "Share link: Dr. Who, Trauma Centre",
     ):
         assert line in activity, line
+    # The same records, as FHIR AuditEvents: the recipient is named by the share's id.
+    system = signed_in.backend_token("system/*.rs")
+    bundle = client.get(
+        f"/fhir/AuditEvent?patient={patient.fhir_id}&_count=200", headers=bearer(system)
+    ).json()
+    events = [e["resource"] for e in bundle["entry"]]
+    by_share = [
+        e
+        for e in events
+        if any(
+            a["who"].get("identifier", {}).get("value") == share.id
+            and a["who"]["identifier"]["system"] == "urn:image-share:share-link"
+            for a in e["agent"]
+        )
+    ]
+    actions = {e["subtype"][0]["code"] for e in by_share}
+    assert {"pin-failure", "open", "view", "download", "retrieve"} <= actions, actions
+    exports = [e for e in by_share if e["type"]["code"] == "110106"]
+    assert exports and all(e["outcome"] in ("0", "4") for e in by_share)
+    for event in by_share:
+        AuditEvent.model_validate(event)
+    mine = {e["subtype"][0]["code"] for e in events if e["type"]["code"] == "110106"}
+    assert {"create", "revoke"} <= mine
 
 
 def test_five_wrong_pins_lock_the_link_for_good(signed_in: Harness) -> None:
