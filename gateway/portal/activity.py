@@ -9,6 +9,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.auth import jacket
 from gateway.portal.pages import moment, render, signed_in
 from gateway.services import Services
 from gateway.store.models import Account, AuditRecord, BrowserSession
@@ -38,6 +39,7 @@ WHAT = {
     ("share", "download"): "Downloaded shared studies",
     ("share", "revoke"): "You withdrew a share link",
     ("admin", "enroll"): "Staff enrolled you",
+    ("admin", "letter"): "Staff printed your enrollment letter",
 }
 
 
@@ -48,12 +50,16 @@ async def activity(
     records = await services.audit.search(patient=account.patient_fhir_id or "-", limit=MAX_EVENTS)
     apps = {c.client_id: c.name for c in await services.auth.clients.all()}
     shares = {s.id: s.label for s in await services.shares.of_account(account.id)}
+    studies = {
+        s.uid: f"{s.description} ({s.date})" if s.date else s.description
+        for s in await jacket.studies_of(services, account.patient_fhir_id or "")
+    }
     events = [
         {
             "when": moment(record.recorded),
             "who": _who(record, apps, shares),
             "what": WHAT.get((record.category, record.action), record.action),
-            "study": record.study,
+            "study": studies.get(record.study, "a study") if record.study else None,
             "result": "Done" if record.outcome < 400 else "Refused",
         }
         for record in records

@@ -55,7 +55,7 @@ def test_sign_in_shows_the_jacket(harness: Harness, patient: dict[str, str]) -> 
     jacket = harness.client.get("/portal/")
     assert jacket.status_code == 200
     assert jacket.text.count("<tr>") == 11  # a header row and ten studies
-    assert "Available" in jacket.text
+    assert "Report available" in jacket.text
     wrong = sign_in(harness, patient["code"], "not the passphrase")
     assert wrong == 401
 
