@@ -21,9 +21,11 @@ from gateway.errors import BadRequest, GatewayError, NotFound
 from gateway.fhir import bundle, consents, documents, mapping, params, patients, studies
 from gateway.fhir.capability import capability_statement
 from gateway.fhir.document_mapping import DICOM
-from gateway.fhir.params import SearchRequest, paging
+from gateway.fhir.mapping import Resource
+from gateway.fhir.params import Paging, SearchRequest, paging
 from gateway.fhir.responses import JSON_FORMATS, FhirResponse, negotiate, operation_outcome
 from gateway.services import Services
+from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
 Endpoint = Callable[[Request, Services], Awaitable[Response]]
@@ -127,17 +129,19 @@ async def read_patient(request: Request, services: Services) -> Response:
     return FhirResponse(await services.patients.read(request.path_params["id"], visibility))
 
 
-@fhir_endpoint
-async def search_patient(request: Request, services: Services) -> Response:
-    settings = services.settings
-    query = search_request(request, patients.SEARCH_PARAMETERS)
-    page = paging(query, settings.page_size, settings.max_page_size)
-    found = await services.patients.search(query, await services.policy.visibility(request))
+def _listed(
+    settings: Settings,
+    query: SearchRequest,
+    page: Paging,
+    resource_type: str,
+    found: list[Resource],
+) -> Response:
+    """A searchset of one page of ``found``, a search answered whole in the gateway."""
     shown = [] if page.summary_count else found[page.offset : page.offset + page.count]
     return FhirResponse(
         bundle.searchset(
             base_url=settings.fhir_base_url,
-            resource_type="Patient",
+            resource_type=resource_type,
             query=query.used_items(),
             matches=shown,
             total=len(found),
@@ -145,6 +149,15 @@ async def search_patient(request: Request, services: Services) -> Response:
             count=None if page.summary_count else page.count,
         )
     )
+
+
+@fhir_endpoint
+async def search_patient(request: Request, services: Services) -> Response:
+    settings = services.settings
+    query = search_request(request, patients.SEARCH_PARAMETERS)
+    page = paging(query, settings.page_size, settings.max_page_size)
+    found = await services.patients.search(query, await services.policy.visibility(request))
+    return _listed(settings, query, page, "Patient", found)
 
 
 @fhir_endpoint
@@ -323,18 +336,7 @@ async def search_consent(request: Request, services: Services) -> Response:
     )
     if wanted_status:
         found = [c for c in found if c["status"] in wanted_status]
-    shown = [] if page.summary_count else found[page.offset : page.offset + page.count]
-    return FhirResponse(
-        bundle.searchset(
-            base_url=settings.fhir_base_url,
-            resource_type="Consent",
-            query=query.used_items(),
-            matches=shown,
-            total=len(found),
-            offset=page.offset,
-            count=None if page.summary_count else page.count,
-        )
-    )
+    return _listed(settings, query, page, "Consent", found)
 
 
 @fhir_endpoint

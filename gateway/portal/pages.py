@@ -54,6 +54,17 @@ def render(
     )
 
 
+def message(services: Services, status: int, title: str, text: str, **values: Any) -> HTMLResponse:
+    """A page that only says something (not found, not yet, ended ...)."""
+    return render("message.html", services, status, title=title, message=text, **values)
+
+
+def image_number(request: Request) -> int:
+    """The 1-based image of a study page (``?image=``); 1 for anything unreadable."""
+    text = request.query_params.get("image", "1")
+    return int(text) if text.isdigit() and len(text) < 7 else 1
+
+
 def set_cookie(response: Response, services: Services, name: str, value: str, path: str) -> None:
     response.set_cookie(
         name,

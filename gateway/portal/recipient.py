@@ -30,6 +30,8 @@ from gateway.portal.gates import (
 )
 from gateway.portal.pages import (
     form_fields,
+    image_number,
+    message,
     moment,
     redirect,
     render,
@@ -50,8 +52,8 @@ LOCKED = "This share link is locked after too many wrong PINs. Ask the patient f
 SESSION_OVER = "Your access to these studies has ended. Open the share link again to continue."
 
 
-def _ended(services: Services, status: int, message: str) -> Response:
-    return render("message.html", services, status, title="Shared studies", message=message)
+def _ended(services: Services, status: int, text: str) -> Response:
+    return message(services, status, "Shared studies", text)
 
 
 async def _audit(
@@ -154,15 +156,11 @@ async def study(request: Request) -> Response:
     if view is None:
         return _ended(services, 404, "This study is not part of the share.")
     await _audit(services, share, "view", 200, study=uid)
-    number = request.query_params.get("image", "1")
     return render(
         "study.html",
         services,
         view=view,
-        shown=view.image(
-            request.query_params.get("series"),
-            int(number) if number.isdigit() and len(number) < 7 else 1,
-        ),
+        shown=view.image(request.query_params.get("series"), image_number(request)),
         page_url=f"/share/view/studies/{uid}",
         images=IMAGES,
         download=f"/share/view/studies/{uid}/download",

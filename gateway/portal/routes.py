@@ -25,6 +25,8 @@ from gateway.portal import shares_pages
 from gateway.portal.gates import PORTAL_COOKIE, ImageGate
 from gateway.portal.pages import (
     form_fields,
+    image_number,
+    message,
     moment,
     redirect,
     render,
@@ -127,29 +129,25 @@ async def study(
     uid = request.path_params["uid"]
     releases = await services.release.for_patient(services, patient)
     if uid in releases.held:
-        return render(
-            "message.html",
+        return message(
             services,
             403,
+            "Not available yet",
+            f"This study will be available to you from {moment(releases.held[uid])}, "
+            "so that your physician can go over the results with you first.",
             signed_in=True,
             csrf_token=browser.csrf_token,
-            title="Not available yet",
-            message=(
-                f"This study will be available to you from {moment(releases.held[uid])}, "
-                "so that your physician can go over the results with you first."
-            ),
         )
     visibility = await services.release.visibility(services, patient)
     view = await study_view(services, visibility, uid, IMAGES)
     if view is None:
-        return render(
-            "message.html",
+        return message(
             services,
             404,
+            "Study not found",
+            "This study is not in your records.",
             signed_in=True,
             csrf_token=browser.csrf_token,
-            title="Study not found",
-            message="This study is not in your records.",
         )
     return render(
         "study.html",
@@ -157,7 +155,7 @@ async def study(
         signed_in=True,
         csrf_token=browser.csrf_token,
         view=view,
-        shown=view.image(request.query_params.get("series"), _number(request)),
+        shown=view.image(request.query_params.get("series"), image_number(request)),
         page_url=f"/portal/studies/{uid}",
         images=IMAGES,
         download=f"/portal/studies/{uid}/download",
@@ -173,14 +171,13 @@ async def download(
     uid = request.path_params["uid"]
     visibility = await services.release.visibility(services, patient)
     if visibility.studies is None or uid not in visibility.studies:
-        return render(
-            "message.html",
+        return message(
             services,
             404,
+            "Study not found",
+            "This study is not in your records, or not available yet.",
             signed_in=True,
             csrf_token=browser.csrf_token,
-            title="Study not found",
-            message="This study is not in your records, or not available yet.",
         )
     await services.audit.record(
         AuditEntry(
@@ -194,11 +191,6 @@ async def download(
         )
     )
     return zip_response(study_archive(services.upstream, [uid], visibility), f"study-{uid[-12:]}")
-
-
-def _number(request: Request) -> int:
-    text = request.query_params.get("image", "1")
-    return int(text) if text.isdigit() and len(text) < 7 else 1
 
 
 @signed_in
