@@ -128,7 +128,6 @@ def test_demo_has_a_study_in_every_state_and_runs_twice(data_dir: Path) -> None:
     assert set(states["released"]) < released
 
 
-@pytest.mark.slow
 def test_the_demo_share_opens_with_its_pin(data_dir: Path) -> None:
     assert runner.invoke(app, ["demo", "--no-serve"]).exit_code == 0
     share = json.loads((data_dir / "demo.json").read_text())["share"]
@@ -156,7 +155,6 @@ def test_the_demo_share_opens_with_its_pin(data_dir: Path) -> None:
     assert on_services(of_account) == [share["id"]]
 
 
-@pytest.mark.slow
 def test_a_withdrawn_demo_share_is_made_again(data_dir: Path) -> None:
     assert runner.invoke(app, ["demo", "--no-serve"]).exit_code == 0
     summary = json.loads((data_dir / "demo.json").read_text())
@@ -208,7 +206,7 @@ def test_held_copy_is_a_new_study_dated_now(fixture_files: list[Path]) -> None:
     }
     assert len({ds.StudyInstanceUID for ds in copies}) == 1
     assert copies[0].StudyInstanceUID not in old_uids
-    series = {}
+    series: dict[str, set[str]] = {}
     for original, made in zip(images, copies, strict=True):
         series.setdefault(original.SeriesInstanceUID, set()).add(made.SeriesInstanceUID)
         assert made.SOPInstanceUID not in old_uids and made.SeriesInstanceUID not in old_uids
