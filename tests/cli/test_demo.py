@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from fixtures.demo_states import HELD_STUDY_ID, NOT_IMAGES, held_copy
 from gateway.app import create_app
-from gateway.cli import DEMO_SHARE_LABEL, app
+from gateway.cli import app
+from gateway.demo import DEMO_SHARE_LABEL
 from gateway.portal.shares import PinCheck
 from gateway.services import Services
 from gateway.settings import load_settings
