@@ -22,9 +22,11 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth.secrets import new_id
+from gateway.errors import NotRecorded
 from gateway.store.models import AuditRecord, as_utc, utcnow
 
 logger = logging.getLogger(__name__)
+NOT_RECORDED = "The access could not be recorded, so nothing was done or sent."
 OPEN_PATHS = frozenset({"/metadata", "/.well-known/smart-configuration"})
 SEARCH_PARAMETERS: dict[str, tuple[str, str]] = {
     "patient": ("reference", "The patient whose data was used"),
@@ -66,23 +68,27 @@ class Auditor:
         self.sessions = sessions
 
     async def record(self, entry: AuditEntry) -> None:
-        """Commit one record; raises when it cannot be written (callers must not go on)."""
-        async with self.sessions() as session:
-            session.add(
-                AuditRecord(
-                    id=new_id(),
-                    recorded=utcnow(),
-                    category=entry.category,
-                    action=entry.action,
-                    outcome=entry.outcome,
-                    client_id=entry.client_id,
-                    user=entry.user,
-                    patient=entry.patient,
-                    study=entry.study,
-                    detail=entry.detail[:2000],
+        """Commit one record, or raise NotRecorded: callers must not go on without it."""
+        try:
+            async with self.sessions() as session:
+                session.add(
+                    AuditRecord(
+                        id=new_id(),
+                        recorded=utcnow(),
+                        category=entry.category,
+                        action=entry.action,
+                        outcome=entry.outcome,
+                        client_id=entry.client_id,
+                        user=entry.user,
+                        patient=entry.patient,
+                        study=entry.study,
+                        detail=entry.detail[:2000],
+                    )
                 )
-            )
-            await session.commit()
+                await session.commit()
+        except Exception:
+            logger.exception("audit write failed (%s %s)", entry.category, entry.action)
+            raise NotRecorded(NOT_RECORDED) from None
 
     async def search(
         self,
@@ -150,11 +156,9 @@ class AuditMiddleware:
                 try:
                     await services.audit.record(self._entry(scope, path, message["status"]))
                 except Exception:
-                    logger.exception("audit write failed; the answer is withheld")
+                    logger.warning("the answer is withheld: its audit record was not written")
                     failed = True
-                    refusal = PlainTextResponse(
-                        "The access could not be recorded; nothing was sent.\n", status_code=500
-                    )
+                    refusal = PlainTextResponse(NOT_RECORDED + "\n", status_code=500)
                     await refusal(scope, receive, send)
                     return
             if failed:

@@ -68,3 +68,10 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "timeout"
+
+
+class NotRecorded(GatewayError):
+    """The audit record could not be written, so the action is not done (nothing is sent)."""
+
+    status = 500
+    code = "exception"

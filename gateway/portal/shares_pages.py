@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.audit import AuditEntry
 from gateway.auth import jacket
+from gateway.errors import NotRecorded
 from gateway.mail import MailError, share_message
 from gateway.portal.pages import moment, redirect, render, signed_in
 from gateway.portal.shares import ShareError, state_of
@@ -108,17 +109,22 @@ async def create(
     except ShareError as exc:
         return await _page(services, browser, account, 400, error=str(exc), entered=fields)
     share = created.share
-    await services.audit.record(
-        AuditEntry(
-            category="share",
-            action="create",
-            outcome=201,
-            user=account.id,
-            patient=account.patient_fhir_id,
-            detail=f"share {share.id}: {len(share.studies)} studies until "
-            f"{moment(share.expires_at)}" + (f" for {share.label}" if share.label else ""),
+    try:
+        await services.audit.record(
+            AuditEntry(
+                category="share",
+                action="create",
+                outcome=201,
+                user=account.id,
+                patient=account.patient_fhir_id,
+                detail=f"share {share.id}: {len(share.studies)} studies until "
+                f"{moment(share.expires_at)}" + (f" for {share.label}" if share.label else ""),
+            )
         )
-    )
+    except NotRecorded:
+        # Unrecorded, it must not work: its link and PIN are never shown, and it is withdrawn.
+        await services.shares.revoke(share.id, account.id)
+        raise
     mailed = None
     if share.email and services.mailer.configured:
         subject, text = share_message(

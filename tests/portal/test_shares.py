@@ -326,3 +326,31 @@ def test_the_link_is_mailed_but_never_the_pin(
             mailing.client, shareable(mailing.client)[:1], email="not an address"
         )
         assert status == 400 and "email address" in page and len(received) == 1
+
+
+def test_nothing_happens_that_cannot_be_recorded(
+    signed_in: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = signed_in.client
+    studies = shareable(client)[:1]
+    _, _, link, pin = create_share(client, studies, label="Audit down")
+    assert link and pin
+    before = len(stored_shares(signed_in))
+
+    def audit_database_down() -> None:
+        raise RuntimeError("the audit database is down")
+
+    monkeypatch.setattr(signed_in.services.audit, "sessions", audit_database_down)
+    # The right PIN does not open the share when the opening cannot be recorded.
+    opened = enter_pin(client, link, pin)
+    assert opened.status_code == 500 and "could not be recorded" in opened.text
+    assert "gateway_share" not in opened.headers.get("set-cookie", "")
+    assert client.get("/share/view").status_code == 401
+    # Nor does a new share work: its link and PIN are never shown, and it is withdrawn.
+    status, _, made_link, made_pin = create_share(client, studies, label="Not made")
+    assert status == 500 and made_link is None and made_pin is None
+    monkeypatch.undo()
+    assert enter_pin(client, link, pin).status_code == 303
+    unshown = [s for s in stored_shares(signed_in) if s.label == "Not made"]
+    assert len(unshown) == 1 and unshown[0].revoked_at is not None
+    assert len(stored_shares(signed_in)) == before + 1
