@@ -215,6 +215,10 @@ async def waive(
 async def apps(
     request: Request, services: Services, browser: BrowserSession, account: Account
 ) -> Response:
+    names = {
+        study.uid: f"{study.description} ({study.date})" if study.date else study.description
+        for study in await jacket.studies_of(services, account.patient_fhir_id or "")
+    }
     grants = []
     for grant, app_name, last_issued in await services.auth.tokens.grants_of(account.id):
         granted = scopes.split(grant.scope)
@@ -224,7 +228,11 @@ async def apps(
                 "id": grant.id,
                 "app": app_name,
                 "permissions": [scopes.describe(s) for s in granted],
-                "studies": chosen if isinstance(chosen, list) else None,
+                "studies": (
+                    [names.get(uid, "A study no longer on file") for uid in chosen]
+                    if isinstance(chosen, list)
+                    else None
+                ),
                 "created": moment(grant.created_at),
                 "last_used": moment(last_issued) if last_issued else None,
                 "until": str((grant.context or {}).get("consent_until", ""))[:10] or None,

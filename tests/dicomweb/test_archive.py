@@ -231,3 +231,68 @@ def test_a_malformed_body_raises_and_closes(body: bytes) -> None:
     with pytest.raises(UpstreamBadResponse):
         fake_archive(fake)
     assert fake.closed
+
+
+class ManyInstances:
+    """``count`` one-part instances; counts the answers open at once."""
+
+    name = "fake"
+    study = "1.2.3"
+
+    def __init__(self, count: int) -> None:
+        self.count, self.open, self.most_open, self.opened = count, 0, 0, 0
+
+    async def search_instances(
+        self, filters: Mapping[str, str], fields: Sequence[str] = (), limit: int | None = None
+    ) -> list[DicomJson]:
+        return [
+            {
+                dj.tag("StudyInstanceUID"): dj.element("UI", self.study),
+                dj.tag("SeriesInstanceUID"): dj.element("UI", "1.2.3.4"),
+                dj.tag("SOPInstanceUID"): dj.element("UI", f"1.2.3.4.{n}"),
+                dj.tag("InstanceNumber"): dj.element("IS", n),
+            }
+            for n in range(1, self.count + 1)
+        ]
+
+    async def retrieve(self, path: str, accept: str) -> Retrieved:
+        await asyncio.sleep(0)
+        self.opened += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        body = multipart(path.encode() * 50)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(body), 100):
+                yield body[start : start + 100]
+
+        async def close() -> None:
+            self.open -= 1
+
+        media_type = 'multipart/related; type="application/dicom"; boundary=b0und'
+        return Retrieved(media_type, chunks(), close)
+
+
+def test_requests_made_ahead_are_bounded_and_released() -> None:
+    whole = ManyInstances(6)
+    archive = open_zip([asyncio.run(_collect(whole))])
+    assert len(dcm_names(archive)) == 6
+    assert whole.open == 0 and whole.most_open <= 2  # the one copied, and the next
+
+    async def stop_after_first_member(fake: ManyInstances) -> None:
+        stream = study_archive(fake, [fake.study], EVERYTHING)  # type: ignore[arg-type]
+        async for chunk in stream:
+            if b"/00001_" in chunk:  # the first member went out
+                break
+        for _ in range(5):  # the network's waits: the request made ahead gets its answer
+            await asyncio.sleep(0)
+        assert fake.open == 2
+        await stream.aclose()  # the recipient went away
+
+    stopped = ManyInstances(6)
+    asyncio.run(stop_after_first_member(stopped))
+    assert stopped.opened < 6 and stopped.open == 0
+
+
+async def _collect(fake: ManyInstances) -> bytes:
+    return b"".join([c async for c in study_archive(fake, [fake.study], EVERYTHING)])  # type: ignore[arg-type]

@@ -211,6 +211,8 @@ def test_a_patients_journey(served: dict[str, Any]) -> None:
 
             # 4. The patient withdraws the app; its token is refused at once.
             patient.get_by_role("link", name="Apps").click()
+            assert patient.locator("tbody td:nth-child(3) li").count() == 2
+            shot(patient, "journey-4b-apps")
             patient.get_by_role("button", name="Revoke Demo viewer").click()
             patient.wait_for_url("**/portal/apps?revoked=1")
             assert httpx.get(f"{base}/fhir/ImagingStudy", headers=headers).status_code == 401

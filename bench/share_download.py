@@ -1,0 +1,152 @@
+"""A share-link recipient downloads a large study as a ZIP: throughput and gateway memory.
+
+    .venv/bin/python bench/share_download.py [--megabytes 520] [--rounds 3]
+
+Builds one synthetic CT study of about --megabytes (512x512 16-bit frames), loads
+it into a private Orthanc, and starts `gateway serve` in front of it with tokens
+required. It enrols the study's patient and makes a share link of the study
+(as the portal does), then opens the link with its PIN over HTTP like a
+browser. It then downloads /share/view/download (a ZIP of Part 10 files,
+streamed one WADO-RS instance at a time), alternating with a direct WADO-RS
+retrieval of the same study from Orthanc.
+
+Reports the MB/s of both, and the gateway's peak RSS growth during the
+downloads, from /proc. Memory should stay flat whatever the study size. The
+last ZIP is checked: one Part 10 file per instance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.dicomweb import _is_gateway, pull, rss_kib, upload, write_study  # noqa: E402
+from gateway.portal.shares import ShareService  # noqa: E402
+from gateway.settings import load_settings  # noqa: E402
+from gateway.auth.service import AuthServices  # noqa: E402
+from gateway.store.database import Database  # noqa: E402
+from gateway.store.patients import PatientIndex  # noqa: E402
+from tests.conftest import serve_gateway  # noqa: E402
+from tests.support.orthanc import run_orthanc  # noqa: E402
+
+BENCH_PATIENT = ("", "BENCH-DICOMWEB")  # the patient bench/dicomweb.py writes
+
+
+async def make_share(database_url: str, base: str, study: str) -> tuple[str, str]:
+    """Enrol the bench patient and share the study: (link, PIN)."""
+    settings = load_settings(_env_file=None, database_url=database_url, public_url=base)
+    database = Database(database_url)
+    auth = AuthServices.build(settings, database.sessions)
+    try:
+        fhir_id = (await PatientIndex(database.sessions).ids_for([BENCH_PATIENT]))[BENCH_PATIENT]
+        account = await auth.accounts.enroll_patient(fhir_id, "1970-01-01", "Bench Patient")
+        shares = ShareService(database.sessions, public_url=base, default_days=7, max_days=90)
+        created = await shares.create(
+            account_id=account.id, patient_fhir_id=fhir_id, studies=[study], days=1
+        )
+        return shares.link(created.token), created.pin
+    finally:
+        await auth.aclose()
+        await database.dispose()
+
+
+def open_share(client: httpx.Client, link: str, pin: str) -> None:
+    page = client.get(link)
+    page.raise_for_status()
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert csrf, "no CSRF token on the PIN page"
+    opened = client.post(link, data={"csrf_token": csrf.group(1), "pin": pin})
+    if opened.status_code != 303:
+        raise SystemExit(f"the PIN did not open the share: HTTP {opened.status_code}")
+
+
+def download(client: httpx.Client, url: str, keep: Path | None) -> tuple[int, float]:
+    started = time.perf_counter()
+    total = 0
+    with client.stream("GET", url) as response:
+        response.raise_for_status()
+        with keep.open("wb") if keep else open(os.devnull, "wb") as sink:
+            for chunk in response.iter_bytes(1 << 20):
+                total += len(chunk)
+                sink.write(chunk)
+    return total, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--megabytes", type=int, default=520)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        study, count = write_study(work / "study", args.megabytes)
+        with run_orthanc(work / "orthanc") as orthanc:
+            upload(orthanc.http_url, work / "study")
+            database_url = f"sqlite+aiosqlite:///{work / 'gw' / 'gateway.db'}"
+            with serve_gateway(
+                work / "gw",
+                dicomweb_url=orthanc.dicomweb_url,
+                auth_required="true",
+                release_delay_hours="0",
+                log_level="warning",
+                database_url=database_url,
+            ) as base:
+                pid = next(
+                    int(p) for p in os.listdir("/proc") if p.isdigit() and _is_gateway(int(p), base)
+                )
+                link, pin = asyncio.run(make_share(database_url, base, study))
+                direct_url = f"{orthanc.dicomweb_url}/studies/{study}"
+                zip_url = f"{base}/share/view/download"
+                speeds: dict[str, list[float]] = {"direct": [], "share_zip": []}
+                with httpx.Client(timeout=600) as client:
+                    open_share(client, link, pin)
+                    download(client, zip_url, None)  # warm the path once
+                    baseline = rss_kib(pid, "VmRSS")
+                    for round_number in range(args.rounds):
+                        size, seconds = pull(client, direct_url)
+                        speeds["direct"].append(size / seconds / 1e6)
+                        last = round_number == args.rounds - 1
+                        kept = work / "last.zip" if last else None
+                        zip_size, seconds = download(client, zip_url, kept)
+                        speeds["share_zip"].append(zip_size / seconds / 1e6)
+                    peak = rss_kib(pid, "VmHWM")
+                members = [
+                    n for n in zipfile.ZipFile(work / "last.zip").namelist() if n.endswith(".dcm")
+                ]
+                if len(members) != count:
+                    raise SystemExit(f"the ZIP holds {len(members)} files, not {count}")
+    figures = {
+        "study_megabytes": round(zip_size / 1e6, 1),
+        "instances": count,
+        "rounds": args.rounds,
+        "direct_wado_MBps": round(statistics.median(speeds["direct"]), 1),
+        "share_zip_MBps": round(statistics.median(speeds["share_zip"]), 1),
+        "gateway_rss_baseline_MB": round(baseline / 1024, 1),
+        "gateway_peak_rss_growth_MB": round((peak - baseline) / 1024, 1),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
+    }
+    figures["zip_vs_direct"] = round(figures["share_zip_MBps"] / figures["direct_wado_MBps"], 2)
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
