@@ -15,6 +15,7 @@ from gateway.store.models import AttemptWindow, utcnow
 from tests.auth.test_authorize import PASSPHRASE, REDIRECT, authorize_params, hidden, pkce
 from tests.auth.test_oauth_api import Harness
 from tests.portal.support import (
+    DATABASES,
     Clock,
     Patient,
     create_share,
@@ -28,9 +29,13 @@ from tests.portal.support import (
 LIMIT = 3
 
 
-@pytest.fixture
-def harness(tmp_path: Path, embedded_data_dir: Path) -> Iterator[Harness]:
-    with portal_harness(tmp_path, embedded_data_dir, Clock(), secret_attempts_per_ip=LIMIT) as made:
+@pytest.fixture(params=DATABASES)
+def harness(
+    request: pytest.FixtureRequest, tmp_path: Path, embedded_data_dir: Path
+) -> Iterator[Harness]:
+    with portal_harness(
+        tmp_path, embedded_data_dir, Clock(), request.param, secret_attempts_per_ip=LIMIT
+    ) as made:
         yield made
 
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
@@ -19,6 +20,7 @@ from tests.auth.test_oauth_api import Harness
 from tests.conftest import make_settings, migrate
 
 BASE = "https://gateway.example"
+DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 class Clock:
@@ -43,12 +45,20 @@ class Patient:
 
 @contextmanager
 def portal_harness(
-    workdir: Path, data_dir: Path, clock: Clock, **settings: Any
+    workdir: Path, data_dir: Path, clock: Clock, database: str = "sqlite", **settings: Any
 ) -> Iterator[Harness]:
+    """A gateway on the embedded store and SQLite, or a throwaway PostgreSQL database."""
+    if database == "postgres":
+        from tests.support.postgres import throwaway_database
+
+        with throwaway_database() as url:
+            with portal_harness(workdir, data_dir, clock, database_url=url, **settings) as made:
+                yield made
+        return
     settings.setdefault("release_delay_hours", 0)
+    settings.setdefault("database_url", f"sqlite+aiosqlite:///{workdir / 'g.db'}")
     configured = make_settings(
         data_dir,
-        database_url=f"sqlite+aiosqlite:///{workdir / 'g.db'}",
         auth_required=True,
         public_url=BASE,
         **settings,

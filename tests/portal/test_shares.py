@@ -21,6 +21,7 @@ from gateway.store.models import ShareLink
 from tests.auth.test_oauth_api import Harness, bearer
 from tests.conftest import free_port
 from tests.portal.support import (
+    DATABASES,
     Clock,
     Patient,
     create_share,
@@ -37,11 +38,15 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=DATABASES)
 def harness(
-    tmp_path_factory: pytest.TempPathFactory, embedded_data_dir: Path, clock: Clock
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    embedded_data_dir: Path,
+    clock: Clock,
 ) -> Iterator[Harness]:
-    with portal_harness(tmp_path_factory.mktemp("shares"), embedded_data_dir, clock) as made:
+    workdir = tmp_path_factory.mktemp("shares")
+    with portal_harness(workdir, embedded_data_dir, clock, request.param) as made:
         yield made
 
 
