@@ -12,22 +12,34 @@ import json
 import secrets
 import tempfile
 from datetime import UTC, datetime, timedelta
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from joserfc.jwk import RSAKey
 from pydicom import Dataset, dcmread
 from rich.console import Console
 from rich.markup import escape
+from sqlalchemy import select
 
+from fixtures.demo_states import HELD_STUDY_ID, NOT_IMAGES, held_copy
+from fixtures.generate import PATIENTS, write_fixtures
 from gateway import __version__
+from gateway.auth.accounts import AccountError
+from gateway.auth.clients import ClientKind
+from gateway.auth.jacket import studies_of
+from gateway.auth.service import AuthServices
 from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb.dicomjson import STUDY_FIELDS
+from gateway.dicomweb.instances import part10
 from gateway.dicomweb.upstream import Upstream
 from gateway.fhir import mapping
 from gateway.importing import import_files, progress_bar
+from gateway.portal.shares import ShareState, creation_entry, state_of
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.store.database import Database
+from gateway.store.models import Account
 from gateway.store.patients import PatientIndex
 
 console = Console(stderr=True)
@@ -40,8 +52,6 @@ async def seed_demo(settings: Settings) -> dict[str, Any]:
     delay (a fresh copy of one of their studies, dated now), shared with a link
     and PIN, and reported. A second run reuses what the first one made.
     """
-    from fixtures.generate import write_fixtures
-
     services = Services.build(settings)
     database, upstream = services.database, services.upstream
     try:
@@ -142,10 +152,6 @@ def _previous_demo(settings: Settings) -> dict[str, Any]:
 
 async def _patient_account_id(database: Database, access_code: str) -> str | None:
     """The id of the patient account that signs in with ``access_code``."""
-    from sqlalchemy import select
-
-    from gateway.store.models import Account
-
     if not access_code:
         return None
     async with database.sessions() as session:
@@ -163,9 +169,6 @@ async def ensure_held_study(services: Services, patient_fhir_id: str) -> bool:
     no delay applies (the patient waived it, or it is zero), or when the patient
     is not one of the synthetic fixtures (a real archive gets no invented study).
     """
-    from fixtures.demo_states import HELD_STUDY_ID, NOT_IMAGES, held_copy
-    from fixtures.generate import PATIENTS
-
     key = await services.patient_index.key_for(patient_fhir_id)
     if key is None or key not in {(p.issuer, p.patient_id) for p in PATIENTS}:
         return False
@@ -215,10 +218,6 @@ async def _fetch_images(
     upstream: Upstream, study_uid: str, not_images: frozenset[str]
 ) -> list[Dataset]:
     """The image instances of one study, fetched whole (WADO-RS) from the store."""
-    from io import BytesIO
-
-    from gateway.dicomweb.instances import part10
-
     datasets: list[Dataset] = []
     for series in await upstream.search_series({"StudyInstanceUID": study_uid}):
         series_uid = dj.text(series, "SeriesInstanceUID") or ""
@@ -242,10 +241,6 @@ async def demo_share_and_states(
     services: Services, patient_fhir_id: str, account_id: str, previous: Any
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The demo share link (kept while it still opens) and the patient's studies by state."""
-    from gateway.audit import AuditEntry
-    from gateway.auth.jacket import studies_of
-    from gateway.portal.shares import ShareState, state_of
-
     shares = services.shares
     jacket = await studies_of(services, patient_fhir_id)
     releases = await services.release.for_patient(services, patient_fhir_id)
@@ -269,17 +264,7 @@ async def demo_share_and_states(
                 label=DEMO_SHARE_LABEL,
             )
             expires = created.share.expires_at
-            await services.audit.record(
-                AuditEntry(
-                    category="share",
-                    action="create",
-                    outcome=201,
-                    user=account_id,
-                    patient=patient_fhir_id,
-                    detail=f"share {created.share.id}: {len(chosen)} studies until "
-                    f"{expires:%Y-%m-%d %H:%M} UTC for {DEMO_SHARE_LABEL} (demo)",
-                )
-            )
+            await services.audit.record(creation_entry(created.share, account_id, " (demo)"))
             share = {
                 "id": created.share.id,
                 "link": shares.link(created.token),
@@ -310,10 +295,6 @@ async def demo_sign_ins(
     settings: Settings, database: Database, patient: dict[str, Any] | None, birth_date: str
 ) -> dict[str, Any]:
     """The demo app, patient and physician, created once and described in demo.json."""
-    from gateway.auth.accounts import AccountError
-    from gateway.auth.clients import ClientKind
-    from gateway.auth.service import AuthServices
-
     previous_path = settings.data_dir / "demo.json"
     auth = AuthServices.build(settings, database.sessions)
     try:
@@ -364,10 +345,6 @@ async def demo_sign_ins(
 
 async def _demo_operator(settings: Settings, auth: Any) -> dict[str, Any]:
     """A backend client for scripts; its private key is written next to demo.json."""
-    from joserfc.jwk import RSAKey
-
-    from gateway.auth.clients import ClientKind
-
     key = RSAKey.generate_key(2048, parameters={"kid": "demo-operator", "alg": "RS384"})
     created = await auth.clients.add(
         name="Demo operator",

@@ -24,6 +24,7 @@ from enum import StrEnum
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.audit import AuditEntry
 from gateway.auth.secrets import digest, hash_secret, new_id, new_token, verify_secret
 from gateway.store.models import ShareLink, as_utc, utcnow
 
@@ -69,6 +70,21 @@ def state_of(share: ShareLink, now: datetime) -> ShareState:
     if as_utc(share.expires_at) <= now:
         return ShareState.expired
     return ShareState.active
+
+
+def creation_entry(share: ShareLink, account_id: str, note: str = "") -> AuditEntry:
+    """The audit record of a share being made (the patient's own act)."""
+    until = as_utc(share.expires_at).strftime("%Y-%m-%d %H:%M UTC")
+    return AuditEntry(
+        category="share",
+        action="create",
+        outcome=201,
+        user=account_id,
+        patient=share.patient_fhir_id,
+        detail=f"share {share.id}: {len(share.studies)} studies until {until}"
+        + (f" for {share.label}" if share.label else "")
+        + note,
+    )
 
 
 def new_pin() -> str:

@@ -18,7 +18,7 @@ from gateway.auth import jacket
 from gateway.errors import NotRecorded
 from gateway.mail import MailError, share_message
 from gateway.portal.pages import moment, redirect, render, signed_in
-from gateway.portal.shares import ShareError, state_of
+from gateway.portal.shares import ShareError, creation_entry, state_of
 from gateway.services import Services
 from gateway.store.models import Account, BrowserSession
 
@@ -110,17 +110,7 @@ async def create(
         return await _page(services, browser, account, 400, error=str(exc), entered=fields)
     share = created.share
     try:
-        await services.audit.record(
-            AuditEntry(
-                category="share",
-                action="create",
-                outcome=201,
-                user=account.id,
-                patient=account.patient_fhir_id,
-                detail=f"share {share.id}: {len(share.studies)} studies until "
-                f"{moment(share.expires_at)}" + (f" for {share.label}" if share.label else ""),
-            )
-        )
+        await services.audit.record(creation_entry(share, account.id))
     except NotRecorded:
         # Unrecorded, it must not work: its link and PIN are never shown, and it is withdrawn.
         await services.shares.revoke(share.id, account.id)
