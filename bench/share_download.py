@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.dicomweb import _is_gateway, pull, rss_kib, upload, write_study  # noqa: E402
+from gateway.auth.service import AuthServices  # noqa: E402
 from gateway.portal.shares import ShareService  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
-from gateway.auth.service import AuthServices  # noqa: E402
 from gateway.store.database import Database  # noqa: E402
 from gateway.store.patients import PatientIndex  # noqa: E402
 from tests.conftest import serve_gateway  # noqa: E402
