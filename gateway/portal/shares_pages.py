@@ -18,7 +18,7 @@ from gateway.auth import jacket
 from gateway.errors import NotRecorded
 from gateway.mail import MailError, share_message
 from gateway.portal.pages import moment, redirect, render, signed_in
-from gateway.portal.shares import ShareError, creation_entry, state_of
+from gateway.portal.shares import ShareError, ShareState, creation_entry, state_of
 from gateway.services import Services
 from gateway.store.models import Account, BrowserSession
 
@@ -51,16 +51,17 @@ async def _page(
     shares = [
         {
             "id": share.id,
+            "state": STATE_WORDS[state.value],
+            "active": state is ShareState.active,
             "label": share.label or "(no name given)",
             "email": share.email,
             "studies": len(share.studies),
             "created": moment(share.created_at),
             "expires": moment(share.expires_at),
             "opened": moment(share.last_opened_at) if share.last_opened_at else None,
-            "state": STATE_WORDS[state_of(share, now).value],
-            "active": state_of(share, now).value == "active",
         }
         for share in await services.shares.of_account(account.id)
+        for state in (state_of(share, now),)
     ]
     return render(
         "shares.html",
