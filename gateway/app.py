@@ -88,7 +88,7 @@ def create_app(
                 routes=fhir_routes.routes(),
                 middleware=[
                     Middleware(AuditMiddleware, api="fhir"),
-                    Middleware(BearerTokenMiddleware, api="fhir"),
+                    Middleware(BearerTokenMiddleware),
                 ],
             ),
             Mount(
@@ -96,7 +96,7 @@ def create_app(
                 routes=dicomweb_routes.routes(),
                 middleware=[
                     Middleware(AuditMiddleware, api="dicomweb"),
-                    Middleware(BearerTokenMiddleware, api="dicomweb"),
+                    Middleware(BearerTokenMiddleware),
                 ],
             ),
             *_apps(settings),

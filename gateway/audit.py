@@ -11,12 +11,11 @@ Records are served as FHIR ``AuditEvent`` resources shaped after IHE BALP.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,14 +26,12 @@ from gateway.store.models import AuditRecord, as_utc, utcnow
 
 logger = logging.getLogger(__name__)
 NOT_RECORDED = "The access could not be recorded, so nothing was done or sent."
-OPEN_PATHS = frozenset({"/metadata", "/.well-known/smart-configuration"})
 SEARCH_PARAMETERS: dict[str, tuple[str, str]] = {
     "patient": ("reference", "The patient whose data was used"),
     "date": ("date", "When the event was recorded"),
     "agent": ("token", "A client_id or user (fhirUser) who acted"),
     "entity": ("reference", "ImagingStudy/{uid} or Patient/{id} concerned"),
 }
-_STUDY_IN_PATH = re.compile(r"/(?:ImagingStudy|studies)/([0-9.]{1,64})")
 
 
 @dataclass(frozen=True)
@@ -67,53 +64,65 @@ class Auditor:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
 
-    async def record(self, entry: AuditEntry) -> None:
-        """Commit one record, or raise NotRecorded: callers must not go on without it."""
+    async def record(self, *entries: AuditEntry) -> None:
+        """Commit the records together, or raise NotRecorded: callers must not go on without."""
         try:
             async with self.sessions() as session:
-                session.add(
-                    AuditRecord(
-                        id=new_id(),
-                        recorded=utcnow(),
-                        category=entry.category,
-                        action=entry.action,
-                        outcome=entry.outcome,
-                        client_id=entry.client_id,
-                        user=entry.user,
-                        patient=entry.patient,
-                        study=entry.study,
-                        detail=entry.detail[:2000],
+                for entry in entries:
+                    session.add(
+                        AuditRecord(
+                            id=new_id(),
+                            recorded=utcnow(),
+                            category=entry.category,
+                            action=entry.action,
+                            outcome=entry.outcome,
+                            client_id=entry.client_id,
+                            user=entry.user,
+                            patient=entry.patient,
+                            study=entry.study,
+                            detail=entry.detail[:2000],
+                        )
                     )
-                )
                 await session.commit()
         except Exception:
-            logger.exception("audit write failed (%s %s)", entry.category, entry.action)
+            first = entries[0] if entries else None
+            logger.exception(
+                "audit write failed (%s %s)",
+                first.category if first else "-",
+                first.action if first else "-",
+            )
             raise NotRecorded(NOT_RECORDED) from None
 
     async def search(
         self,
         *,
-        patient: str | None = None,
+        patients: frozenset[str] | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
         agent: str | None = None,
         study: str | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> list[AuditRecord]:
-        query = select(AuditRecord).order_by(AuditRecord.recorded.desc())
-        if patient is not None:
-            query = query.where(AuditRecord.patient == patient)
+    ) -> tuple[list[AuditRecord], int]:
+        """Records, newest first, of any of ``patients`` (None: of anyone); and how many match."""
+        conditions: list[ColumnElement[bool]] = []
+        if patients is not None:
+            conditions.append(AuditRecord.patient.in_(sorted(patients)))
         if since is not None:
-            query = query.where(AuditRecord.recorded >= since)
+            conditions.append(AuditRecord.recorded >= since)
         if until is not None:
-            query = query.where(AuditRecord.recorded < until)
+            conditions.append(AuditRecord.recorded < until)
         if agent is not None:
-            query = query.where((AuditRecord.client_id == agent) | (AuditRecord.user == agent))
+            conditions.append((AuditRecord.client_id == agent) | (AuditRecord.user == agent))
         if study is not None:
-            query = query.where(AuditRecord.study == study)
+            conditions.append(AuditRecord.study == study)
+        query = select(AuditRecord).where(*conditions).order_by(AuditRecord.recorded.desc())
+        counted = select(func.count()).select_from(AuditRecord).where(*conditions)
         async with self.sessions() as session:
-            return list(await session.scalars(query.offset(offset).limit(limit)))
+            total = int(await session.scalar(counted) or 0)
+            if limit <= 0:
+                return [], total
+            return list(await session.scalars(query.offset(offset).limit(limit))), total
 
     async def get(self, record_id: str) -> AuditRecord | None:
         async with self.sessions() as session:
@@ -131,7 +140,13 @@ def _action(api: str, method: str, path: str) -> str:
 
 
 class AuditMiddleware:
-    """Wraps an API mount, outside the token gate, so refusals are recorded too."""
+    """Wraps an API mount, outside the gates, so refusals are recorded too.
+
+    Every request to a route that declared a need (every route that reaches
+    patient data) is recorded, whatever the answer: one record per patient
+    whose data the answer holds (the records layer notes them), or one record
+    naming the caller's own patient, if any.
+    """
 
     def __init__(self, app: ASGIApp, api: str) -> None:
         self.app = app
@@ -139,10 +154,6 @@ class AuditMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":
-            await self.app(scope, receive, send)
-            return
-        path = _within(scope)
-        if self.api == "fhir" and path in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         services = scope["state"]["services"]
@@ -153,8 +164,10 @@ class AuditMiddleware:
             nonlocal recorded, failed
             if message["type"] == "http.response.start" and not recorded:
                 recorded = True
+                entries = self._entries(scope, message["status"])
                 try:
-                    await services.audit.record(self._entry(scope, path, message["status"]))
+                    if entries:
+                        await services.audit.record(*entries)
                 except Exception:
                     logger.warning("the answer is withheld: its audit record was not written")
                     failed = True
@@ -167,27 +180,43 @@ class AuditMiddleware:
 
         await self.app(scope, receive, audited_send)
 
-    def _entry(self, scope: Scope, path: str, status: int) -> AuditEntry:
-        actor = _actor(scope.get("state", {}))
-        study = _STUDY_IN_PATH.search(path)
+    def _entries(self, scope: Scope, status: int) -> list[AuditEntry]:
+        state = scope.get("state", {})
+        requirement = state.get("requirement")
+        if requirement is None:
+            return []  # no patient data behind this route (metadata, discovery, unknown paths)
+        path = _within(scope)
+        access = state.get("access")
+        seen = getattr(access, "seen", None)
+        actor = getattr(access, "actor", None) or _actor(state)
+        params = scope.get("path_params", {})
+        study = getattr(seen, "study", None) or params.get("study")
+        if study is None and getattr(requirement, "resource_type", "") == "ImagingStudy":
+            study = params.get("id")
+        patients = sorted(getattr(seen, "patients", ()) or ()) if status < 400 else []
         query = scope.get("query_string", b"").decode("latin-1")[:500]
-        return AuditEntry(
-            category="dicomweb" if self.api == "dicomweb" else "rest",
-            action=_action(self.api, scope["method"], path),
-            outcome=status,
-            client_id=actor.client_id,
-            user=actor.user,
-            patient=actor.patient,
-            study=study.group(1) if study else None,
-            detail=f"{scope['method']} /{self.api}{path}" + (f"?{query}" if query else ""),
+        detail = f"{scope['method']} {scope.get('root_path', '')}{path}" + (
+            f"?{query}" if query else ""
         )
+        return [
+            AuditEntry(
+                category="dicomweb" if self.api == "dicomweb" else "rest",
+                action=_action(self.api, scope["method"], path),
+                outcome=status,
+                client_id=actor.client_id,
+                user=actor.user,
+                patient=patient,
+                study=str(study)[:64] if study else None,
+                detail=detail,
+            )
+            for patient in (patients or [actor.patient])
+        ]
 
 
 def _actor(state: dict[str, Any]) -> Actor:
-    found = state.get("actor")
-    if isinstance(found, Actor):
-        return found
-    grant = state.get("grant")  # the bearer token gate's AccessGrant
+    """Who asked, for a refusal made before any access was decided."""
+    principal = state.get("principal")
+    grant = getattr(principal, "grant", None)
     context = getattr(grant, "context", {}) or {}
     return Actor(getattr(grant, "client_id", None), context.get("fhirUser"), context.get("patient"))
 

@@ -16,7 +16,6 @@ from rich.markup import escape
 
 from gateway import __version__
 from gateway.auth import cli as auth_cli
-from gateway.dicomweb.upstream import create_upstream
 from gateway.importing import ImportReport, dicom_files, import_files, progress_bar
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.store.database import Database, DatabaseNotMigrated
@@ -141,6 +140,8 @@ def import_command(
     files = list(dicom_files(paths))
 
     async def run() -> ImportReport:
+        from gateway.services import create_upstream
+
         upstream = create_upstream(settings)
         try:
             with progress_bar(console) as progress:

@@ -27,7 +27,6 @@ from fixtures.generate import PATIENTS, write_fixtures
 from gateway import __version__
 from gateway.auth.accounts import AccountError
 from gateway.auth.clients import ClientKind
-from gateway.auth.jacket import studies_of
 from gateway.auth.service import AuthServices
 from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb.dicomjson import STUDY_FIELDS
@@ -67,14 +66,12 @@ async def seed_demo(settings: Settings) -> dict[str, Any]:
                 if report.failed:
                     console.print(f"[yellow]{len(report.failed)} fixture files failed[/yellow]")
         studies = await upstream.search_studies({}, STUDY_FIELDS)
-        patients = await _demo_patients(settings, services.patient_index, studies)
+        patients = await _demo_patients(settings, PatientIndex(database.sessions), studies)
         first = patients[0] if patients else None
         birth = ""
         if first is not None:
             study = next(
-                s
-                for s in studies
-                if mapping.patient_key(s) == (first["issuer"], first["patient_id"])
+                s for s in studies if dj.patient_key(s) == (first["issuer"], first["patient_id"])
             )
             raw = dj.text(study, "PatientBirthDate") or ""
             birth = f"{raw[:4]}-{raw[4:6]}-{raw[6:8]}" if len(raw) == 8 else "1970-01-01"
@@ -86,7 +83,7 @@ async def seed_demo(settings: Settings) -> dict[str, Any]:
             fhir_id = str(patient["fhir_id"])
             if await ensure_held_study(services, fhir_id):
                 studies = await upstream.search_studies({}, STUDY_FIELDS)
-                patients = await _demo_patients(settings, services.patient_index, studies)
+                patients = await _demo_patients(settings, PatientIndex(database.sessions), studies)
             account_id = patient.get("account_id") or await _patient_account_id(
                 database, str(patient.get("access_code", ""))
             )
@@ -118,12 +115,12 @@ async def _demo_patients(
     settings: Settings, index: PatientIndex, studies: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """One line per patient in the store, the richest record first."""
-    keys = {k for k in (mapping.patient_key(s) for s in studies) if k}
+    keys = {k for k in (dj.patient_key(s) for s in studies) if k}
     ids = await index.ids_for(keys)
     patients = []
     for key, fhir_id in sorted(ids.items(), key=lambda item: item[0]):
-        study = next(s for s in studies if mapping.patient_key(s) == key)
-        count = sum(1 for s in studies if mapping.patient_key(s) == key)
+        study = next(s for s in studies if dj.patient_key(s) == key)
+        count = sum(1 for s in studies if dj.patient_key(s) == key)
         resource = mapping.patient(study, fhir_id)
         patients.append(
             {
@@ -169,17 +166,18 @@ async def ensure_held_study(services: Services, patient_fhir_id: str) -> bool:
     no delay applies (the patient waived it, or it is zero), or when the patient
     is not one of the synthetic fixtures (a real archive gets no invented study).
     """
-    key = await services.patient_index.key_for(patient_fhir_id)
+    key = await services.records.patients.key_of(patient_fhir_id)
     if key is None or key not in {(p.issuer, p.patient_id) for p in PATIENTS}:
         return False
-    policy, upstream = services.release, services.upstream
+    jackets, upstream = services.records.jackets, services.upstream
+    policy = jackets.release
     found = await upstream.search_studies({"PatientID": key[1]}, STUDY_FIELDS)
-    own = [s for s in found if mapping.patient_key(s) == key]
+    own = [s for s in found if dj.patient_key(s) == key]
     copies = {dj.text(s, "StudyInstanceUID") for s in own if dj.text(s, "StudyID") == HELD_STUDY_ID}
     if copies:
         if policy.waiver_allowed and await policy.has_waived(patient_fhir_id):
             return False
-        if copies & set((await policy.for_patient(services, patient_fhir_id)).held):
+        if copies & set((await jackets.of(patient_fhir_id)).held):
             return False
 
     def images(study: dict[str, Any]) -> list[str]:
@@ -210,7 +208,7 @@ async def ensure_held_study(services: Services, patient_fhir_id: str) -> bool:
     result = await upstream.store_instances(held_copy(originals, policy.clock()))
     if result.failed:
         console.print(f"[yellow]{len(result.failed)} instances of the held study failed[/yellow]")
-    policy.forget()
+    jackets.forget(patient_fhir_id)
     return bool(result.stored)
 
 
@@ -242,10 +240,9 @@ async def demo_share_and_states(
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The demo share link (kept while it still opens) and the patient's studies by state."""
     shares = services.shares
-    jacket = await studies_of(services, patient_fhir_id)
-    releases = await services.release.for_patient(services, patient_fhir_id)
-    released = [s.uid for s in jacket if s.uid in releases.released]
-    reported = [s.uid for s in jacket if s.has_report]
+    jacket = await services.records.jackets.of(patient_fhir_id)
+    released = [s.uid for s in jacket.studies if s.uid in jacket.released]
+    reported = [s.uid for s in jacket.studies if s.has_report]
     share: dict[str, Any] | None = None
     if isinstance(previous, dict) and previous.get("id"):
         kept = await shares.active(str(previous["id"]))
@@ -283,9 +280,9 @@ async def demo_share_and_states(
         "released": released,
         "held": [
             {"uid": uid, "available_at": at.isoformat(timespec="seconds")}
-            for uid, at in sorted(releases.held.items(), key=lambda item: item[1])
+            for uid, at in sorted(jacket.held.items(), key=lambda item: item[1])
         ],
-        "shared": [s.uid for s in jacket if s.uid in shared],
+        "shared": [s.uid for s in jacket.studies if s.uid in shared],
         "reported": reported,
     }
     return share, states

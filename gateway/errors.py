@@ -7,6 +7,8 @@ formats. Messages are written for the client: never put internals in them.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class GatewayError(Exception):
     """Base class. ``status`` is the HTTP status, ``code`` the FHIR issue type."""
@@ -25,6 +27,35 @@ class BadRequest(GatewayError):
 
     status = 400
     code = "invalid"
+
+
+class Unauthorized(GatewayError):
+    """No valid credential came with a request that needs one (``headers`` holds the challenge)."""
+
+    status = 401
+    code = "login"
+
+
+class Forbidden(GatewayError):
+    """The caller is known but may not do this (a scope it lacks, a filter it cannot pass)."""
+
+    status = 403
+    code = "forbidden"
+
+
+class Held(GatewayError):
+    """A study the caller would see, held back by the release delay until ``available_at``."""
+
+    status = 403
+    code = "suppressed"
+
+    def __init__(self, available_at: datetime) -> None:
+        when = available_at.strftime("%Y-%m-%d %H:%M UTC")
+        super().__init__(
+            f"This study is not available to you yet: it will be from {when}, "
+            "so that your physician can review the results with you first."
+        )
+        self.available_at = available_at
 
 
 class NotFound(GatewayError):

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
-from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from gateway import __version__
-from gateway.errors import UpstreamError
 from gateway.services import Services
-
-logger = logging.getLogger(__name__)
 
 
 async def healthz(request: Request) -> Response:
@@ -21,19 +15,7 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     services: Services = request.state.services
-    checks: dict[str, str] = {}
-    try:
-        async with services.database.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as exc:  # any driver error means "not ready"
-        logger.warning("readiness: database check failed: %s", exc)
-        checks["database"] = "unavailable"
-    try:
-        await services.upstream.check()
-        checks["archive"] = "ok"
-    except UpstreamError as exc:
-        checks["archive"] = exc.message
+    checks = await services.readiness()
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks},
@@ -46,6 +28,6 @@ async def metrics(request: Request) -> Response:
     lines = [
         "# HELP gateway_info Gateway version and store.",
         "# TYPE gateway_info gauge",
-        f'gateway_info{{version="{__version__}",store="{services.upstream.name}"}} 1',
+        f'gateway_info{{version="{__version__}",store="{services.store_name}"}} 1',
     ]
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

@@ -1,27 +1,42 @@
-"""The services one gateway process shares between requests, built once at start."""
+"""The services one gateway process shares between requests, built once at start.
+
+This is the wiring: it picks the upstream implementation and builds every
+service from the settings. Routes reach patient data only through
+``records`` (the access-checked layer); ``database`` and ``upstream`` are here
+for the lifespan, health checks and the command line.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from gateway.access import AccessPolicy, AllowEverything
 from gateway.audit import Auditor
-from gateway.auth.enforcement import SmartPolicy
 from gateway.auth.service import AuthServices
-from gateway.dicomweb.upstream import Upstream, create_upstream
-from gateway.fhir.documents import DocumentReferenceService
+from gateway.dicomweb.upstream import Upstream
+from gateway.errors import UpstreamError
 from gateway.fhir.mapping import MappingContext
-from gateway.fhir.patients import PatientService
-from gateway.fhir.studies import ImagingStudyService
-from gateway.fhir.study_cache import StudyDetailCache
 from gateway.mail import Mailer
 from gateway.portal.shares import ShareService
-from gateway.release import Clock, ReleasePolicy, utc_now
+from gateway.records import Records
+from gateway.records.release import Clock, ReleasePolicy, utc_now
 from gateway.settings import Settings
 from gateway.store.database import Database
-from gateway.store.patients import PatientIndex
+
+logger = logging.getLogger(__name__)
+
+
+def create_upstream(settings: Settings) -> Upstream:
+    """The PACS named by ``GATEWAY_DICOMWEB_URL``, or the embedded store."""
+    if settings.uses_embedded_store:
+        from gateway.dicomweb.file_store import FileStoreUpstream
+
+        return FileStoreUpstream(settings.dicom_dir)
+    from gateway.dicomweb.http_upstream import HttpUpstream
+
+    return HttpUpstream.from_settings(settings)
 
 
 @dataclass
@@ -29,17 +44,12 @@ class Services:
     settings: Settings
     database: Database
     upstream: Upstream
-    patient_index: PatientIndex
+    records: Records
     mapping_context: MappingContext
-    studies: ImagingStudyService
-    patients: PatientService
-    documents: DocumentReferenceService
     auth: AuthServices
     audit: Auditor
-    release: ReleasePolicy
     shares: ShareService
     mailer: Mailer
-    policy: AccessPolicy = field(default_factory=AllowEverything)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @classmethod
@@ -47,42 +57,24 @@ class Services:
         cls,
         settings: Settings,
         upstream: Upstream | None = None,
-        policy: AccessPolicy | None = None,
         clock: Clock | None = None,
     ) -> Services:
         database = Database(settings.effective_database_url)
         upstream = upstream or create_upstream(settings)
         clock = clock or utc_now
-        index = PatientIndex(database.sessions)
-        context = MappingContext(
-            dicomweb_url=settings.dicomweb_base_url,
-            local_zone=ZoneInfo(settings.local_timezone) if settings.local_timezone else None,
-        )
+        audit = Auditor(database.sessions)
+        release = ReleasePolicy(settings, database.sessions, clock)
         return cls(
             settings=settings,
             database=database,
             upstream=upstream,
-            patient_index=index,
-            mapping_context=context,
-            studies=ImagingStudyService(
-                upstream,
-                index,
-                context,
-                settings.fhir_base_url,
-                max_candidates=settings.max_search_candidates,
-                cache=StudyDetailCache(settings.study_cache_seconds, settings.study_cache_size),
-            ),
-            patients=PatientService(upstream, index, settings.max_search_candidates),
-            documents=DocumentReferenceService(
-                upstream,
-                index,
-                context,
-                settings.fhir_base_url,
-                max_candidates=settings.max_search_candidates,
+            records=Records.build(settings, upstream, database.sessions, release, audit),
+            mapping_context=MappingContext(
+                dicomweb_url=settings.dicomweb_base_url,
+                local_zone=ZoneInfo(settings.local_timezone) if settings.local_timezone else None,
             ),
             auth=AuthServices.build(settings, database.sessions),
-            audit=Auditor(database.sessions),
-            release=ReleasePolicy(settings, database.sessions, clock),
+            audit=audit,
             shares=ShareService(
                 database.sessions,
                 public_url=settings.public_url,
@@ -91,8 +83,31 @@ class Services:
                 clock=clock,
             ),
             mailer=Mailer(settings),
-            policy=policy or (SmartPolicy() if settings.auth_required else AllowEverything()),
         )
+
+    @property
+    def clock(self) -> Clock:
+        return self.records.jackets.clock
+
+    async def readiness(self) -> dict[str, str]:
+        """Whether the database and the archive answer: "ok", or why not."""
+        checks: dict[str, str] = {}
+        try:
+            await self.database.ping()
+            checks["database"] = "ok"
+        except Exception as exc:  # any driver error means "not ready"
+            logger.warning("readiness: database check failed: %s", exc)
+            checks["database"] = "unavailable"
+        try:
+            await self.upstream.check()
+            checks["archive"] = "ok"
+        except UpstreamError as exc:
+            checks["archive"] = exc.message
+        return checks
+
+    @property
+    def store_name(self) -> str:
+        return self.upstream.name
 
     async def aclose(self) -> None:
         await self.auth.aclose()

@@ -24,7 +24,9 @@ from starlette.routing import BaseRoute, Route
 from gateway.audit import AuditEntry
 from gateway.auth.client_auth import bearer_token
 from gateway.auth.tokens import AccessGrant
+from gateway.authorization import staff_access
 from gateway.errors import NotFound, UpstreamError
+from gateway.fhir import mapping
 from gateway.services import Services
 from gateway.store.models import Account
 
@@ -145,7 +147,7 @@ async def _patient_id(services: Services, body: dict[str, Any]) -> str:
     if by_id is not None:
         if not isinstance(by_id, str) or not 0 < len(by_id) <= 64:
             raise Refusal(400, "invalid_request", "patient must be a FHIR Patient id.")
-        if await services.patient_index.key_for(by_id) is None:
+        if await services.records.patients.key_of(by_id) is None:
             raise Refusal(404, "not_found", f"Patient/{by_id} is not known.")
         return by_id
     system = identifier.get("system", "") if isinstance(identifier, dict) else None
@@ -154,14 +156,16 @@ async def _patient_id(services: Services, body: dict[str, Any]) -> str:
         raise Refusal(400, "invalid_request", "identifier needs a value (and a system) as text.")
     if len(system) > 64:
         raise Refusal(400, "invalid_request", "identifier.system is too long.")
-    key = (system, value)
-    return (await services.patient_index.ids_for([key]))[key]
+    return await services.records.patients.identify(system, value)
 
 
-async def _from_archive(services: Services, fhir_id: str) -> tuple[str | None, str]:
+async def _from_archive(
+    services: Services, grant: AccessGrant, fhir_id: str
+) -> tuple[str | None, str]:
     """Birth date and display name as the archive's Patient carries them."""
     try:
-        patient = await services.patients.read(fhir_id)
+        study = await services.records.patients.read(staff_access(grant), fhir_id)
+        patient = mapping.patient(study, fhir_id)
     except NotFound:
         return None, ""
     except UpstreamError:
@@ -209,7 +213,7 @@ async def enroll(request: Request) -> Response:
             raise Refusal(400, "invalid_request", "name must be text of at most 200 characters.")
         fhir_id = await _patient_id(services, body)
         if birth_date is None or not name.strip():
-            archived_birth, archived_name = await _from_archive(services, fhir_id)
+            archived_birth, archived_name = await _from_archive(services, grant, fhir_id)
             birth_date = birth_date or archived_birth
             name = name.strip() or archived_name
         if not birth_date:

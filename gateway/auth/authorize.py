@@ -27,6 +27,7 @@ from gateway.auth.attempts import TooManyAttempts, client_address
 from gateway.auth.client_auth import bearer_token
 from gateway.auth.clients import ClientKind
 from gateway.auth.sessions import COOKIE, csrf_ok
+from gateway.authorization import patient_access
 from gateway.services import Services
 from gateway.store.models import Account, BrowserSession, OAuthClient
 
@@ -325,7 +326,11 @@ async def consent(request: Request) -> Response:
     offered = offered_scopes(account, pending)
     # A patient chooses which studies, and for how long (the RSNA Image Share jacket).
     studies = (
-        await jacket.studies_of(services, account.patient_fhir_id or "")
+        jacket.lines(
+            await services.records.studies.jacket(
+                await patient_access(services, account.patient_fhir_id or "")
+            )
+        )
         if account.kind == "patient"
         else None
     )
@@ -428,10 +433,11 @@ async def audit_sign_in(services: Services, account: Account | None, mode: str) 
 def _chosen_studies(
     fields: dict[str, Any], studies: list[jacket.JacketStudy]
 ) -> list[str] | str | None:
-    """ "all", the ticked studies that are the patient's own, or None when none was ticked."""
+    """ "all", the ticked studies that are the patient's own, or None when none was ticked.
+    A study still held back by the release delay cannot be ticked."""
     if fields.get("studies", "all") != "selected":
         return "all"
-    own = {study.uid for study in studies}
+    own = {study.uid for study in studies if not study.held}
     chosen = [uid for uid in dict.fromkeys(fields.get("study", [])) if uid in own]
     return chosen or None
 

@@ -258,7 +258,7 @@ def studies_release(
 
     async def release(settings: Settings, database: Database, auth: AuthServices) -> bool:
         from gateway.audit import AuditEntry, Auditor
-        from gateway.release import ReleasePolicy
+        from gateway.records.release import ReleasePolicy
 
         if not re.fullmatch(r"[0-9.]{1,64}", study_uid):
             raise RegistrationError("a StudyInstanceUID is digits and dots, at most 64")

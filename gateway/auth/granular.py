@@ -14,11 +14,11 @@ from urllib.parse import urlencode
 
 from starlette.datastructures import QueryParams
 
-from gateway.access import Visibility
 from gateway.fhir import documents, patients, studies
 from gateway.fhir.params import SearchRequest
 
 if TYPE_CHECKING:
+    from gateway.records.access import Access
     from gateway.services import Services
 
 Filter = tuple[tuple[str, str], ...]
@@ -56,28 +56,29 @@ def search_query(query_string: bytes, filters: Sequence[Filter]) -> bytes:
 
 async def read_allowed(
     services: Services,
+    access: Access,
     resource_type: str,
     resource_id: str,
     filters: Sequence[Filter],
-    visibility: Visibility,
 ) -> bool:
     """Is the resource found by a search for its id under one of the filters?"""
+    records = services.records
+    base = services.settings.fhir_base_url
     for alternative in filters:
         params = QueryParams(urlencode([("_id", resource_id), *alternative]))
+        request = SearchRequest(params, PARAMETERS[resource_type], strict=True)
         if resource_type == "ImagingStudy":
-            request = SearchRequest(params, PARAMETERS["ImagingStudy"], strict=True)
-            criteria = await services.studies.parse(request)
-            if (await services.studies.search(criteria, 0, 1, visibility)).total:
+            query = studies.study_query(
+                studies.parse(request, base), services.mapping_context.local_zone
+            )
+            if (await records.studies.search(access, query, 0, 1)).total:
                 return True
         elif resource_type == "DocumentReference":
-            request = SearchRequest(params, PARAMETERS["DocumentReference"], strict=True)
-            found = await services.documents.search(
-                await services.documents.parse(request), 0, 1, visibility
-            )
-            if found.total:
+            criteria = documents.parse(request, base)
+            found = await records.documents.find(access, documents.document_query(criteria))
+            if documents.matching(found, criteria, services.mapping_context, base):
                 return True
         elif resource_type == "Patient":
-            request = SearchRequest(params, PARAMETERS["Patient"], strict=True)
-            if await services.patients.search(request, visibility):
+            if await records.patients.search(access, patients.parse(request)):
                 return True
     return False

@@ -1,15 +1,12 @@
-"""The patient's jacket: their studies as the consent page lists them, one line each."""
+"""The patient's jacket as pages show it: one line per study, on the consent page and
+in the portal. The studies come from the records layer's typed summaries."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from gateway.access import Visibility
-from gateway.fhir.documents import DocumentCriteria
-from gateway.fhir.studies import StudyCriteria
-from gateway.services import Services
+from gateway.records.jacket import Jacket
 
 MAX_STUDIES = 500
 # Reports, manifests and presentation states: in the study, but not what a patient calls it.
@@ -29,45 +26,37 @@ class JacketStudy:
     date: str
     modalities: str
     description: str
-    body_parts: str
     has_report: bool
+    # When a study still under the release delay reaches the patient ("" once it has).
+    available_from: str = ""
+
+    @property
+    def held(self) -> bool:
+        return bool(self.available_from)
+
+    @property
+    def name(self) -> str:
+        return f"{self.description} ({self.date})" if self.date else self.description
 
 
-async def studies_of(services: Services, patient_fhir_id: str) -> list[JacketStudy]:
-    """The patient's studies, newest first, with whether a report exists."""
-    key = await services.patient_index.key_for(patient_fhir_id)
-    if key is None:
-        return []
-    visibility = Visibility(patients=frozenset({key}))
-    page = await services.studies.search(StudyCriteria(patients=[key]), 0, MAX_STUDIES, visibility)
-    documents = await services.documents.search(
-        DocumentCriteria(patients=[key]), 0, MAX_STUDIES * 4, visibility
-    )
-    reported = {
-        ref["reference"].removeprefix("ImagingStudy/")
-        for document in documents.resources
-        if document["type"]["coding"][0]["code"] == "18748-4"
-        for ref in document.get("context", {}).get("related", [])
-    }
-    return [_line(resource, reported) for resource in page.resources]
+def lines(jacket: Jacket) -> list[JacketStudy]:
+    """The jacket's studies, newest first, each saying whether it is still held back."""
+    held = jacket.held
+    return [
+        JacketStudy(
+            uid=study.uid,
+            date=study.date,
+            modalities=", ".join(m for m in study.modalities if m not in NOT_IMAGES),
+            description=study.description or "Imaging study",
+            has_report=study.has_report,
+            available_from=moment(held[study.uid]) if study.uid in held else "",
+        )
+        for study in jacket.studies[:MAX_STUDIES]
+    ]
 
 
-def _line(resource: dict[str, Any], reported: set[str]) -> JacketStudy:
-    body_parts = {
-        site.get("display", "")
-        for series in resource.get("series", [])
-        if (site := series.get("bodySite"))
-    }
-    return JacketStudy(
-        uid=resource["id"],
-        date=str(resource.get("started", ""))[:10],
-        modalities=", ".join(
-            m["code"] for m in resource.get("modality", []) if m["code"] not in NOT_IMAGES
-        ),
-        description=resource.get("description", "Imaging study"),
-        body_parts=", ".join(sorted(p for p in body_parts if p)),
-        has_report=resource["id"] in reported,
-    )
+def moment(value: datetime) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def consent_until(choice: str, now: datetime | None = None) -> str | None:

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 from python_multipart import MultipartParser
 
-from gateway.access import CHECK_FIELDS, Visibility
 from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb.dicomjson import DicomJson
 from gateway.dicomweb.stow import boundary_of
 from gateway.dicomweb.upstream import Retrieved, Upstream
 from gateway.errors import GatewayError, UpstreamBadResponse
+from gateway.records.access import CHECK_FIELDS, Visibility
 
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
 _LISTED = ("SeriesInstanceUID", "SOPInstanceUID", "InstanceNumber", "SeriesNumber", "Modality")

@@ -68,6 +68,18 @@ INSTANCE_FIELDS: tuple[str, ...] = (
 )
 
 
+PatientKey = tuple[str, str]  # (issuer of patient id, PatientID)
+
+
+def patient_key(item: Mapping[str, Any]) -> PatientKey | None:
+    """(IssuerOfPatientID, PatientID) of a study, series or instance: who it is about.
+    The same PatientID from two issuers is two patients; the issuer may be ""."""
+    patient_id = text(item, "PatientID")
+    if not patient_id:
+        return None
+    return (text(item, "IssuerOfPatientID") or "", patient_id)
+
+
 def is_uid(value: str) -> bool:
     """A DICOM UID: digits and dots, at most 64 characters (PS3.5 9.1)."""
     return len(value) <= 64 and UID.fullmatch(value) is not None

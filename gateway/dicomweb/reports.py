@@ -45,6 +45,20 @@ def kind_of(instance: Mapping[str, Any]) -> str | None:
     return None
 
 
+def doc_status(instance: DicomJson) -> str | None:
+    """preliminary | final | amended, from the SR flags (PS3.3 C.17.2); None if not said."""
+    preliminary = (dj.text(instance, "PreliminaryFlag") or "").upper()
+    completion = (dj.text(instance, "CompletionFlag") or "").upper()
+    verification = (dj.text(instance, "VerificationFlag") or "").upper()
+    if preliminary == "PRELIMINARY" or completion == "PARTIAL":
+        return "preliminary"
+    if verification == "VERIFIED" or preliminary == "FINAL":
+        return "amended" if dj.items(instance, "PredecessorDocumentsSequence") else "final"
+    if verification == "UNVERIFIED":
+        return "preliminary"
+    return None
+
+
 def title_of(instance: Mapping[str, Any]) -> str | None:
     concept = dj.items(instance, "ConceptNameCodeSequence")
     return (

@@ -2,7 +2,9 @@
 
 Both implementations are thin adapters over dicomweb-client; they run its
 blocking calls off the event loop and turn its failures into the typed
-``Upstream*`` errors of :mod:`gateway.errors`.
+``Upstream*`` errors of :mod:`gateway.errors`. This module names only the
+protocol: the wiring (:mod:`gateway.services`) picks the implementation, so
+the interface never imports what implements it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from typing import Protocol
 from pydicom import Dataset
 
 from gateway.dicomweb.dicomjson import DicomJson
-from gateway.settings import Settings
 
 
 @dataclass
@@ -66,13 +67,3 @@ class Upstream(Protocol):
         """Raise an ``UpstreamError`` when the store cannot answer."""
 
     async def aclose(self) -> None: ...
-
-
-def create_upstream(settings: Settings) -> Upstream:
-    if settings.uses_embedded_store:
-        from gateway.dicomweb.file_store import FileStoreUpstream
-
-        return FileStoreUpstream(settings.dicom_dir)
-    from gateway.dicomweb.http_upstream import HttpUpstream
-
-    return HttpUpstream.from_settings(settings)

@@ -8,57 +8,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
 from gateway.auth import scopes
-from gateway.store.models import Account, Grant, OAuthClient, ShareLink, as_utc
+from gateway.records.trail import MAX_CONSENTS, SHARE_PREFIX, Consents
+from gateway.store.models import Grant, ShareLink, as_utc
 
 SEARCH_PARAMETERS: dict[str, tuple[str, str]] = {
     "patient": ("reference", "The patient who consented"),
     "status": ("token", "active | inactive"),
 }
-MAX_CONSENTS = 500
 
 
-SHARE_PREFIX = "share-"
-
-
-async def consents(
-    sessions: async_sessionmaker[AsyncSession],
-    *,
-    patient: str | None = None,
-    consent_id: str | None = None,
-    now: datetime,
-) -> list[dict[str, Any]]:
-    """Patients' grants and shares (optionally one patient's, or one) as Consents, newest first."""
-    found: list[dict[str, Any]] = []
-    async with sessions() as session:
-        if consent_id is None or not consent_id.startswith(SHARE_PREFIX):
-            grants = (
-                select(Grant, OAuthClient.name, Account.patient_fhir_id)
-                .join(Account, Account.id == Grant.account_id)
-                .join(OAuthClient, OAuthClient.client_id == Grant.client_id)
-                .where(Account.kind == "patient")
-                .order_by(Grant.created_at.desc())
-                .limit(MAX_CONSENTS)
-            )
-            if patient is not None:
-                grants = grants.where(Account.patient_fhir_id == patient)
-            if consent_id is not None:
-                grants = grants.where(Grant.id == consent_id)
-            for grant, app, owner in (await session.execute(grants)).all():
-                found.append(consent(grant, app, owner or "", now))
-        if consent_id is None or consent_id.startswith(SHARE_PREFIX):
-            shares = select(ShareLink).order_by(ShareLink.created_at.desc()).limit(MAX_CONSENTS)
-            if patient is not None:
-                shares = shares.where(ShareLink.patient_fhir_id == patient)
-            if consent_id is not None:
-                shares = shares.where(ShareLink.id == consent_id.removeprefix(SHARE_PREFIX))
-            for share in await session.scalars(shares):
-                found.append(share_consent(share, now))
-    found.sort(key=lambda c: str(c["dateTime"]), reverse=True)
-    return found[:MAX_CONSENTS]
+def resources(found: Consents, now: datetime) -> list[dict[str, Any]]:
+    """Grants and share links as Consents, newest first."""
+    mapped = [consent(g.grant, g.app, g.patient, now) for g in found.grants]
+    mapped += [share_consent(share, now) for share in found.shares]
+    mapped.sort(key=lambda c: str(c["dateTime"]), reverse=True)
+    return mapped[:MAX_CONSENTS]
 
 
 def share_consent(share: ShareLink, now: datetime) -> dict[str, Any]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from gateway.dates import fhir_datetime
 from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb import reports
 from gateway.dicomweb.dicomjson import DicomJson
 from gateway.fhir import terminology as terms
-from gateway.fhir.dates import fhir_datetime
 from gateway.fhir.mapping import MappingContext, Resource, concept, issuer
 
 IMAGING_REPORT = {"system": terms.LOINC, "code": "18748-4", "display": "Diagnostic imaging study"}
@@ -21,20 +21,6 @@ RADIOLOGY = {"system": terms.LOINC, "code": "LP29684-5", "display": "Radiology"}
 DICOM_UID_REGISTRY = "http://dicom.nema.org/resources/ontology/DCMUID"
 CONTENT_TYPES = {"sr": ("text/html", "text/plain"), "pdf": ("application/pdf",), "kos": ()}
 DICOM = "application/dicom"
-
-
-def doc_status(instance: DicomJson) -> str | None:
-    """preliminary | final | amended, from the SR flags (PS3.3 C.17.2); None if not said."""
-    preliminary = (dj.text(instance, "PreliminaryFlag") or "").upper()
-    completion = (dj.text(instance, "CompletionFlag") or "").upper()
-    verification = (dj.text(instance, "VerificationFlag") or "").upper()
-    if preliminary == "PRELIMINARY" or completion == "PARTIAL":
-        return "preliminary"
-    if verification == "VERIFIED" or preliminary == "FINAL":
-        return "amended" if dj.items(instance, "PredecessorDocumentsSequence") else "final"
-    if verification == "UNVERIFIED":
-        return "preliminary"
-    return None
 
 
 def document_type(instance: DicomJson) -> Resource:
@@ -101,7 +87,7 @@ def document_reference(
         if system:
             identifier["system"] = system
         resource["identifier"] = [identifier]
-    status = doc_status(instance)
+    status = reports.doc_status(instance)
     if status:
         resource["docStatus"] = status
     resource["type"] = document_type(instance)

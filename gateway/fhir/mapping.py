@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from gateway.dates import fhir_datetime, parse_dicom_date
 from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb.dicomjson import DicomJson
 from gateway.fhir import terminology as terms
-from gateway.fhir.dates import fhir_datetime, parse_dicom_date
 
 Resource = dict[str, Any]
 ENDPOINT_ID = "dicomweb"
@@ -154,14 +154,6 @@ def endpoint(context: MappingContext) -> Resource:
         "payloadMimeType": ["application/dicom", "application/dicom+json"],
         "address": context.dicomweb_url,
     }
-
-
-def patient_key(study: DicomJson) -> tuple[str, str] | None:
-    """(issuer, PatientID) of a study, the key of the patient index."""
-    patient_id = dj.text(study, "PatientID")
-    if not patient_id:
-        return None
-    return (dj.text(study, "IssuerOfPatientID") or "", patient_id)
 
 
 # -- pieces ------------------------------------------------------------------

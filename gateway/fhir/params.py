@@ -12,8 +12,8 @@ from datetime import tzinfo
 
 from starlette.datastructures import QueryParams
 
+from gateway.dates import Moment, parse_fhir_datetime
 from gateway.errors import BadRequest
-from gateway.fhir.dates import Moment, parse_fhir_datetime
 
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 DATE_PREFIXES = ("eq", "ne", "gt", "ge", "lt", "le")

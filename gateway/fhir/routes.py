@@ -1,4 +1,8 @@
-"""The ``/fhir`` routes: thin glue from HTTP to the FHIR services."""
+"""The ``/fhir`` routes: thin glue from HTTP to the records layer, through the FHIR mapping.
+
+Each route that reaches patient data declares what it needs (``@requires``);
+the handler gets the caller's access and passes it to the records layer.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.audit import SEARCH_PARAMETERS as AUDIT_SEARCH
 from gateway.audit import audit_event
 from gateway.auth import discovery
-from gateway.dicomweb import dicomjson as dj
-from gateway.dicomweb import instances
+from gateway.authorization import requires
 from gateway.errors import BadRequest, GatewayError, NotFound
 from gateway.fhir import bundle, consents, documents, mapping, params, patients, studies
 from gateway.fhir.capability import capability_statement
@@ -24,6 +27,7 @@ from gateway.fhir.document_mapping import DICOM
 from gateway.fhir.mapping import Resource
 from gateway.fhir.params import Paging, SearchRequest, paging
 from gateway.fhir.responses import JSON_FORMATS, FhirResponse, negotiate, operation_outcome
+from gateway.records.access import Access
 from gateway.services import Services
 from gateway.settings import Settings
 
@@ -75,14 +79,15 @@ async def metadata(request: Request, services: Services) -> Response:
 
 
 @fhir_endpoint
-async def read_imaging_study(request: Request, services: Services) -> Response:
-    visibility = await services.policy.visibility(request)
-    resource = await services.studies.read(request.path_params["id"], visibility)
-    return FhirResponse(resource)
+@requires("ImagingStudy", "r")
+async def read_imaging_study(request: Request, services: Services, access: Access) -> Response:
+    page = await services.records.studies.read(access, request.path_params["id"])
+    return FhirResponse(studies.resources(page, services.mapping_context)[0])
 
 
 @fhir_endpoint
-async def search_imaging_study(request: Request, services: Services) -> Response:
+@requires("ImagingStudy", "s")
+async def search_imaging_study(request: Request, services: Services, access: Access) -> Response:
     settings = services.settings
     query = search_request(request, studies.SEARCH_PARAMETERS)
     page = paging(query, settings.page_size, settings.max_page_size)
@@ -93,22 +98,24 @@ async def search_imaging_study(request: Request, services: Services) -> Response
                 f"Parameter '_include': '{include}' is not supported "
                 f"(supported: {', '.join(studies.INCLUDES)})."
             )
-    criteria = await services.studies.parse(query)
-    visibility = await services.policy.visibility(request)
-    result = await services.studies.search(
-        criteria, page.offset, 0 if page.summary_count else page.count, visibility
+    criteria = studies.parse(query, settings.fhir_base_url)
+    result = await services.records.studies.search(
+        access,
+        studies.study_query(criteria, services.mapping_context.local_zone),
+        page.offset,
+        0 if page.summary_count else page.count,
     )
-    includes: list[mapping.Resource] = []
-    if "ImagingStudy:subject" in wanted_includes and result.studies:
-        includes.extend(await services.patients.patients_of(result.studies))
-    if "ImagingStudy:endpoint" in wanted_includes and result.resources:
+    includes: list[Resource] = []
+    if "ImagingStudy:subject" in wanted_includes:
+        includes.extend(studies.subjects(result))
+    if "ImagingStudy:endpoint" in wanted_includes and result.studies:
         includes.append(mapping.endpoint(services.mapping_context))
     return FhirResponse(
         bundle.searchset(
             base_url=settings.fhir_base_url,
             resource_type="ImagingStudy",
             query=query.used_items(),
-            matches=result.resources,
+            matches=studies.resources(result, services.mapping_context),
             includes=includes,
             total=None if result.truncated else result.total,
             offset=page.offset,
@@ -124,9 +131,11 @@ async def search_imaging_study(request: Request, services: Services) -> Response
 
 
 @fhir_endpoint
-async def read_patient(request: Request, services: Services) -> Response:
-    visibility = await services.policy.visibility(request)
-    return FhirResponse(await services.patients.read(request.path_params["id"], visibility))
+@requires("Patient", "r")
+async def read_patient(request: Request, services: Services, access: Access) -> Response:
+    fhir_id = request.path_params["id"]
+    study = await services.records.patients.read(access, fhir_id)
+    return FhirResponse(mapping.patient(study, fhir_id))
 
 
 def _listed(
@@ -138,13 +147,24 @@ def _listed(
 ) -> Response:
     """A searchset of one page of ``found``, a search answered whole in the gateway."""
     shown = [] if page.summary_count else found[page.offset : page.offset + page.count]
+    return _page_of(settings, query, page, resource_type, shown, len(found))
+
+
+def _page_of(
+    settings: Settings,
+    query: SearchRequest,
+    page: Paging,
+    resource_type: str,
+    shown: list[Resource],
+    total: int,
+) -> Response:
     return FhirResponse(
         bundle.searchset(
             base_url=settings.fhir_base_url,
             resource_type=resource_type,
             query=query.used_items(),
             matches=shown,
-            total=len(found),
+            total=total,
             offset=page.offset,
             count=None if page.summary_count else page.count,
         )
@@ -152,23 +172,27 @@ def _listed(
 
 
 @fhir_endpoint
-async def search_patient(request: Request, services: Services) -> Response:
+@requires("Patient", "s")
+async def search_patient(request: Request, services: Services, access: Access) -> Response:
     settings = services.settings
     query = search_request(request, patients.SEARCH_PARAMETERS)
     page = paging(query, settings.page_size, settings.max_page_size)
-    found = await services.patients.search(query, await services.policy.visibility(request))
-    return _listed(settings, query, page, "Patient", found)
+    found = await services.records.patients.search(access, patients.parse(query))
+    resources = [mapping.patient(study, fhir_id) for fhir_id, study in found]
+    return _listed(settings, query, page, "Patient", resources)
 
 
 @fhir_endpoint
-async def read_endpoint(request: Request, services: Services) -> Response:
+@requires("Endpoint", "r")
+async def read_endpoint(request: Request, services: Services, access: Access) -> Response:
     if request.path_params["id"] != mapping.ENDPOINT_ID:
         raise NotFound(f"Endpoint/{request.path_params['id']} is not known.")
     return FhirResponse(mapping.endpoint(services.mapping_context))
 
 
 @fhir_endpoint
-async def search_endpoint(request: Request, services: Services) -> Response:
+@requires("Endpoint", "s")
+async def search_endpoint(request: Request, services: Services, access: Access) -> Response:
     query = search_request(request, {"_id": ("token", "")})
     ids = [i for value in query.all("_id") for i in value.split(",")]
     found = (
@@ -188,13 +212,18 @@ async def search_endpoint(request: Request, services: Services) -> Response:
 
 
 @fhir_endpoint
-async def read_document_reference(request: Request, services: Services) -> Response:
-    visibility = await services.policy.visibility(request)
-    return FhirResponse(await services.documents.read(request.path_params["id"], visibility))
+@requires("DocumentReference", "r")
+async def read_document_reference(request: Request, services: Services, access: Access) -> Response:
+    found = await services.records.documents.read(access, request.path_params["id"])
+    fhir_url = services.settings.fhir_base_url
+    return FhirResponse(documents.resources(found, services.mapping_context, fhir_url)[0])
 
 
 @fhir_endpoint
-async def search_document_reference(request: Request, services: Services) -> Response:
+@requires("DocumentReference", "s")
+async def search_document_reference(
+    request: Request, services: Services, access: Access
+) -> Response:
     settings = services.settings
     query = search_request(request, documents.SEARCH_PARAMETERS)
     page = paging(query, settings.page_size, settings.max_page_size)
@@ -202,24 +231,23 @@ async def search_document_reference(request: Request, services: Services) -> Res
         raise BadRequest(
             f"Parameter '_include': '{include}' is not supported for DocumentReference."
         )
-    criteria = await services.documents.parse(query)
-    visibility = await services.policy.visibility(request)
-    result = await services.documents.search(
-        criteria, page.offset, 0 if page.summary_count else page.count, visibility
-    )
+    criteria = documents.parse(query, settings.fhir_base_url)
+    found = await services.records.documents.find(access, documents.document_query(criteria))
+    matching = documents.matching(found, criteria, services.mapping_context, settings.fhir_base_url)
+    count = 0 if page.summary_count else page.count
     return FhirResponse(
         bundle.searchset(
             base_url=settings.fhir_base_url,
             resource_type="DocumentReference",
             query=query.used_items(),
-            matches=result.resources,
-            total=None if result.truncated else result.total,
+            matches=matching[page.offset : page.offset + count] if count else [],
+            total=None if found.truncated else len(matching),
             offset=page.offset,
             count=None if page.summary_count else page.count,
             warning=(
                 f"More than {settings.max_search_candidates} report series match; only the "
                 "first ones were considered. Narrow the search (patient, related, date)."
-                if result.truncated
+                if found.truncated
                 else None
             ),
         )
@@ -227,7 +255,8 @@ async def search_document_reference(request: Request, services: Services) -> Res
 
 
 @fhir_endpoint
-async def read_practitioner(request: Request, services: Services) -> Response:
+@requires("Practitioner", "r")
+async def read_practitioner(request: Request, services: Services, access: Access) -> Response:
     """Practitioners are the gateway's own users (their ``fhirUser``)."""
     account = await services.auth.accounts.get(request.path_params["id"])
     if account is None or account.kind != "practitioner":
@@ -245,19 +274,9 @@ def practitioner_resource(account_id: str, display_name: str) -> mapping.Resourc
     return {"resourceType": "Practitioner", "id": account_id, "active": True, "name": [name]}
 
 
-def _audit_patient_scope(request: Request, requested: str | None) -> str | None:
-    """A patient token sees only its patient's events, whatever it asks for."""
-    grant = getattr(request.state, "grant", None)
-    visibility = getattr(request.state, "visibility", None)
-    confined = visibility is not None and visibility.patients is not None
-    if confined:
-        own = getattr(grant, "patient", None) or "-"
-        return own if requested in (None, own) else "-"
-    return requested
-
-
 @fhir_endpoint
-async def search_audit_event(request: Request, services: Services) -> Response:
+@requires("AuditEvent", "s")
+async def search_audit_event(request: Request, services: Services, access: Access) -> Response:
     settings = services.settings
     query = search_request(request, AUDIT_SEARCH)
     page = paging(query, settings.page_size, settings.max_page_size)
@@ -283,8 +302,8 @@ async def search_audit_event(request: Request, services: Services) -> Response:
             since = start if moment.prefix != "gt" else end
         if moment.prefix in ("le", "lt", "eq"):
             until = end if moment.prefix != "lt" else start
-    patient = _audit_patient_scope(request, patient)
-    records = await services.audit.search(
+    records, total = await services.records.trail.events(
+        access,
         patient=patient,
         since=since,
         until=until,
@@ -294,34 +313,19 @@ async def search_audit_event(request: Request, services: Services) -> Response:
         offset=page.offset,
     )
     resources = [audit_event(r, settings.public_url) for r in records]
-    return FhirResponse(
-        bundle.searchset(
-            base_url=settings.fhir_base_url,
-            resource_type="AuditEvent",
-            query=query.used_items(),
-            matches=resources,
-            total=None,
-            offset=page.offset,
-            count=None if page.summary_count else page.count,
-        )
-    )
+    return _page_of(settings, query, page, "AuditEvent", resources, total)
 
 
 @fhir_endpoint
-async def read_audit_event(request: Request, services: Services) -> Response:
-    record = await services.audit.get(request.path_params["id"])
-    if record is None or _audit_patient_scope(request, record.patient) != record.patient:
-        raise NotFound(f"AuditEvent/{request.path_params['id']} is not known.")
+@requires("AuditEvent", "r")
+async def read_audit_event(request: Request, services: Services, access: Access) -> Response:
+    record = await services.records.trail.event(access, request.path_params["id"])
     return FhirResponse(audit_event(record, services.settings.public_url))
 
 
-def _consent_patient(request: Request, requested: str | None) -> str | None:
-    """Patient tokens see their own patient's consents only."""
-    return _audit_patient_scope(request, requested)
-
-
 @fhir_endpoint
-async def search_consent(request: Request, services: Services) -> Response:
+@requires("Consent", "s")
+async def search_consent(request: Request, services: Services, access: Access) -> Response:
     settings = services.settings
     query = search_request(request, consents.SEARCH_PARAMETERS)
     page = paging(query, settings.page_size, settings.max_page_size)
@@ -329,10 +333,8 @@ async def search_consent(request: Request, services: Services) -> Response:
     for value in query.all("patient"):
         patient = params.references("patient", value, "Patient", settings.fhir_base_url)[0]
     wanted_status = {t.code for v in query.all("status") for t in params.tokens("status", v)}
-    found = await consents.consents(
-        services.database.sessions,
-        patient=_consent_patient(request, patient),
-        now=services.release.clock(),
+    found = consents.resources(
+        await services.records.trail.consents(access, patient=patient), services.clock()
     )
     if wanted_status:
         found = [c for c in found if c["status"] in wanted_status]
@@ -340,45 +342,30 @@ async def search_consent(request: Request, services: Services) -> Response:
 
 
 @fhir_endpoint
-async def read_consent(request: Request, services: Services) -> Response:
-    found = await consents.consents(
-        services.database.sessions,
-        consent_id=request.path_params["id"][:80],
-        patient=_consent_patient(request, None),
-        now=services.release.clock(),
+@requires("Consent", "r")
+async def read_consent(request: Request, services: Services, access: Access) -> Response:
+    found = consents.resources(
+        await services.records.trail.consents(access, consent_id=request.path_params["id"][:80]),
+        services.clock(),
     )
     if not found:
         raise NotFound(f"Consent/{request.path_params['id']} is not known.")
     return FhirResponse(found[0])
 
 
-async def read_binary(request: Request) -> Response:
-    """A document's DICOM object: raw for a plain client, a Binary resource for a FHIR one."""
-    services: Services = request.state.services
+def _wants_binary_resource(request: Request) -> bool:
     accept = request.headers.get("accept", "")
     offered = [part.split(";")[0].strip().lower() for part in accept.split(",")]
-    wants_resource = bool(request.query_params.getlist("_format")) or any(
+    return bool(request.query_params.getlist("_format")) or any(
         media in JSON_FORMATS or media.startswith("application/fhir+") for media in offered
     )
-    try:
-        if wants_resource:
-            negotiate(request)
-        visibility = await services.policy.visibility(request)
-        found = await services.documents.locate(request.path_params["id"], visibility)
-        content = await instances.part10(
-            services.upstream,
-            dj.text(found, "StudyInstanceUID") or "",
-            dj.text(found, "SeriesInstanceUID") or "",
-            request.path_params["id"],
-        )
-    except GatewayError as exc:
-        return error_response(exc)
-    except Exception:
-        logger.exception("unhandled error in %s %s", request.method, request.url.path)
-        return FhirResponse(
-            operation_outcome(500, "exception", "An internal error occurred."), status_code=500
-        )
-    if wants_resource:
+
+
+@requires("DocumentReference", "r")
+async def _binary(request: Request, services: Services, access: Access) -> Response:
+    """A document's DICOM object: raw for a plain client, a Binary resource for a FHIR one."""
+    content = await services.records.documents.part10(access, request.path_params["id"])
+    if _wants_binary_resource(request):
         return FhirResponse(
             {
                 "resourceType": "Binary",
@@ -388,6 +375,25 @@ async def read_binary(request: Request) -> Response:
             }
         )
     return Response(content, media_type=DICOM)
+
+
+async def read_binary(request: Request) -> Response:
+    """Binary negotiates on its own: ``application/dicom`` is an answer, not an error."""
+    services: Services = request.state.services
+    try:
+        if _wants_binary_resource(request):
+            negotiate(request)
+        return await _binary(request, services)
+    except GatewayError as exc:
+        return error_response(exc)
+    except Exception:
+        logger.exception("unhandled error in %s %s", request.method, request.url.path)
+        return FhirResponse(
+            operation_outcome(500, "exception", "An internal error occurred."), status_code=500
+        )
+
+
+read_binary.requirement = _binary.requirement  # type: ignore[attr-defined]
 
 
 @fhir_endpoint

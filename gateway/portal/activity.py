@@ -1,7 +1,7 @@
 """The portal's Activity page: who saw what of the patient's records, and when.
 
-It reads the same audit trail that ``/fhir/AuditEvent`` serves, and puts each
-record in plain words.
+It reads the same audit trail that ``/fhir/AuditEvent`` serves, a page at a
+time, newest first, and puts each record in plain words.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.auth import jacket
-from gateway.portal.pages import moment, render, signed_in
+from gateway.authorization import patient_access
+from gateway.portal.pages import moment, page_number, render, signed_in
 from gateway.services import Services
 from gateway.store.models import Account, AuditRecord, BrowserSession
 
-MAX_EVENTS = 200
+PAGE_SIZE = 100
 WHAT = {
     ("rest", "search"): "Searched your records",
     ("rest", "read"): "Opened a record",
@@ -47,13 +48,14 @@ WHAT = {
 async def activity(
     request: Request, services: Services, browser: BrowserSession, account: Account
 ) -> Response:
-    records = await services.audit.search(patient=account.patient_fhir_id or "-", limit=MAX_EVENTS)
+    access = await patient_access(services, account.patient_fhir_id or "")
+    page = page_number(request)
+    records, total = await services.records.trail.events(
+        access, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+    )
     apps = {c.client_id: c.name for c in await services.auth.clients.all()}
     shares = {s.id: s.label for s in await services.shares.of_account(account.id)}
-    studies = {
-        s.uid: f"{s.description} ({s.date})" if s.date else s.description
-        for s in await jacket.studies_of(services, account.patient_fhir_id or "")
-    }
+    studies = {s.uid: s.name for s in jacket.lines(await services.records.studies.jacket(access))}
     events = [
         {
             "when": moment(record.recorded),
@@ -65,7 +67,14 @@ async def activity(
         for record in records
     ]
     return render(
-        "activity.html", services, signed_in=True, csrf_token=browser.csrf_token, events=events
+        "activity.html",
+        services,
+        signed_in=True,
+        csrf_token=browser.csrf_token,
+        events=events,
+        total=total,
+        newer=page - 1 if page > 1 else None,
+        older=page + 1 if page * PAGE_SIZE < total else None,
     )
 
 

@@ -3,10 +3,10 @@
 A signed-in patient sees their own released studies; a recipient who opened
 a share link with its PIN sees that share's studies, while it lasts. The
 image routes (``/portal/dicomweb``, ``/share/dicomweb``) are the DICOMweb
-rendering routes themselves, behind :class:`ImageGate`. The gate puts its
-decision in the request state as a bearer token's gate does
-(:mod:`gateway.access`, :mod:`gateway.audit`), so one access decision point
-and one audit trail cover all three ways in.
+rendering routes themselves, behind :class:`ImageGate`. Like the bearer
+token's gate, it only says who is asking (a principal of
+:mod:`gateway.authorization`); the routes' declared needs decide the access,
+so one decision point and one audit trail cover all three ways in.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.access import Visibility
-from gateway.audit import Actor, share_user
+from gateway.authorization import PortalPatient, Principal, ShareRecipient
 from gateway.store.models import Account, BrowserSession, ShareLink
 
 if TYPE_CHECKING:
@@ -52,24 +51,6 @@ async def opened_share(
     return (browser, share) if share is not None else None
 
 
-async def share_visibility(services: Services, share: ShareLink) -> Visibility:
-    key = await services.patient_index.key_for(share.patient_fhir_id)
-    if key is None:
-        return Visibility(patients=frozenset(), studies=frozenset())
-    return Visibility(patients=frozenset({key}), studies=frozenset(share.studies))
-
-
-def patient_actor(services: Services, patient_fhir_id: str) -> Actor:
-    return Actor(
-        user=f"{services.settings.fhir_base_url}/Patient/{patient_fhir_id}",
-        patient=patient_fhir_id,
-    )
-
-
-def share_actor(share: ShareLink) -> Actor:
-    return Actor(user=share_user(share.id), patient=share.patient_fhir_id)
-
-
 class ImageGate:
     """Wraps the image routes of the portal (``who="portal"``) or of shares (``"share"``)."""
 
@@ -83,26 +64,21 @@ class ImageGate:
             return
         services: Services = scope["state"]["services"]
         cookies = Request(scope).cookies
-        visibility: Visibility | None = None
-        actor: Actor | None = None
+        principal: Principal | None = None
         if self.who == "portal":
             patient = await portal_patient(services, cookies.get(PORTAL_COOKIE))
             if patient is not None:
-                fhir_id = patient[1].patient_fhir_id or ""
-                visibility = await services.release.visibility(services, fhir_id)
-                actor = patient_actor(services, fhir_id)
+                principal = PortalPatient(patient[1].id, patient[1].patient_fhir_id or "")
         else:
             opened = await opened_share(services, cookies.get(SHARE_COOKIE))
             if opened is not None:
-                visibility = await share_visibility(services, opened[1])
-                actor = share_actor(opened[1])
-        if visibility is None:
+                principal = ShareRecipient(opened[1])
+        if principal is None:
             message = "Sign in again (or open the share link again) to see these images."
             refusal = PlainTextResponse(
                 message + "\n", status_code=401, headers={"Warning": f'299 gateway "{message}"'}
             )
             await refusal(scope, receive, send)
             return
-        scope["state"]["visibility"] = visibility
-        scope["state"]["actor"] = actor
+        scope["state"]["principal"] = principal
         await self.app(scope, receive, send)

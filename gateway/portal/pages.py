@@ -61,8 +61,17 @@ def message(services: Services, status: int, title: str, text: str, **values: An
 
 def image_number(request: Request) -> int:
     """The 1-based image of a study page (``?image=``); 1 for anything unreadable."""
-    text = request.query_params.get("image", "1")
-    return int(text) if text.isdigit() and len(text) < 7 else 1
+    return _ordinal(request.query_params.get("image", "1"))
+
+
+def page_number(request: Request) -> int:
+    """The 1-based page of a long list (``?page=``); 1 for anything unreadable."""
+    return _ordinal(request.query_params.get("page", "1"))
+
+
+def _ordinal(text: str) -> int:
+    # isascii: superscripts and other scripts' digits pass isdigit() but not int().
+    return max(1, int(text)) if text.isascii() and text.isdigit() and len(text) < 7 else 1
 
 
 def set_cookie(response: Response, services: Services, name: str, value: str, path: str) -> None:

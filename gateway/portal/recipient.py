@@ -19,15 +19,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from gateway.audit import AuditEntry, AuditMiddleware
 from gateway.auth.attempts import TooManyAttempts, client_address
 from gateway.auth.sessions import csrf_ok
+from gateway.authorization import share_access, share_actor
 from gateway.dicomweb import routes as dicomweb_routes
-from gateway.dicomweb.archive import study_archive
-from gateway.portal.gates import (
-    SHARE_COOKIE,
-    ImageGate,
-    opened_share,
-    share_actor,
-    share_visibility,
-)
+from gateway.errors import Held, NotFound
+from gateway.portal.gates import SHARE_COOKIE, ImageGate, opened_share
 from gateway.portal.pages import (
     form_fields,
     image_number,
@@ -40,7 +35,7 @@ from gateway.portal.pages import (
     zip_response,
 )
 from gateway.portal.shares import MAX_PIN_FAILURES, PinCheck, ShareState, state_of
-from gateway.portal.viewing import study_summaries, study_view
+from gateway.portal.viewing import study_lines, study_view
 from gateway.services import Services
 from gateway.store.models import BrowserSession, ShareLink
 
@@ -138,8 +133,8 @@ async def overview(request: Request) -> Response:
     services, browser, share = await _opened(request)
     if browser is None or share is None:
         return _ended(services, 401, SESSION_OVER)
-    visibility = await share_visibility(services, share)
-    studies = await study_summaries(services, visibility, list(share.studies))
+    access = await share_access(services, share)
+    studies = await study_lines(services, access, list(share.studies))
     await _audit(services, share, "view", 200, detail=f"share {share.id}: the list of studies")
     return render(
         "share_view.html", services, studies=studies, images=IMAGES, **_header(browser, share)
@@ -151,8 +146,7 @@ async def study(request: Request) -> Response:
     if browser is None or share is None:
         return _ended(services, 401, SESSION_OVER)
     uid = request.path_params["uid"]
-    visibility = await share_visibility(services, share)
-    view = await study_view(services, visibility, uid, IMAGES)
+    view = await study_view(services, await share_access(services, share), uid, IMAGES)
     if view is None:
         return _ended(services, 404, "This study is not part of the share.")
     await _audit(services, share, "view", 200, study=uid)
@@ -178,7 +172,10 @@ async def download(request: Request) -> Response:
     if uid is not None and uid not in share.studies:
         return _ended(services, 404, "This study is not part of the share.")
     wanted = [uid] if uid else list(share.studies)
-    visibility = await share_visibility(services, share)
+    try:
+        archive = await services.records.images.archive(await share_access(services, share), wanted)
+    except (NotFound, Held):
+        return _ended(services, 404, "This study is not part of the share.")
     await _audit(
         services,
         share,
@@ -188,7 +185,7 @@ async def download(request: Request) -> Response:
         detail=f"share {share.id}: ZIP of {len(wanted)} studies",
     )
     name = f"shared-study-{uid[-12:]}" if uid else "shared-studies"
-    return zip_response(study_archive(services.upstream, wanted, visibility), name)
+    return zip_response(archive, name)
 
 
 async def close(request: Request) -> Response:

@@ -18,8 +18,9 @@ from gateway.auth.accounts import AccountError
 from gateway.auth.attempts import TooManyAttempts, client_address
 from gateway.auth.authorize import audit_sign_in
 from gateway.auth.sessions import csrf_ok
+from gateway.authorization import patient_access
 from gateway.dicomweb import routes as dicomweb_routes
-from gateway.dicomweb.archive import study_archive
+from gateway.errors import Held, NotFound
 from gateway.portal import activity as activity_page
 from gateway.portal import shares_pages
 from gateway.portal.gates import PORTAL_COOKIE, ImageGate
@@ -104,10 +105,9 @@ async def signout(
 async def home(
     request: Request, services: Services, browser: BrowserSession, account: Account
 ) -> Response:
-    patient = account.patient_fhir_id or ""
-    studies = await jacket.studies_of(services, patient)
-    releases = await services.release.for_patient(services, patient)
-    held = {uid: moment(at) for uid, at in releases.held.items()}
+    access = await patient_access(services, account.patient_fhir_id or "")
+    studies = jacket.lines(await services.records.studies.jacket(access))
+    held = any(study.held for study in studies)
     return render(
         "jacket.html",
         services,
@@ -115,8 +115,7 @@ async def home(
         csrf_token=browser.csrf_token,
         user_name=account.display_name or "you",
         studies=studies,
-        held=held,
-        can_waive=bool(held) and services.settings.release_waiver_allowed,
+        can_waive=held and services.settings.release_waiver_allowed,
     )
 
 
@@ -125,21 +124,19 @@ async def study(
     request: Request, services: Services, browser: BrowserSession, account: Account
 ) -> Response:
     """One of the patient's released studies: its images, one at a time, and its reports."""
-    patient = account.patient_fhir_id or ""
     uid = request.path_params["uid"]
-    releases = await services.release.for_patient(services, patient)
-    if uid in releases.held:
+    access = await patient_access(services, account.patient_fhir_id or "")
+    if uid in access.held:
         return message(
             services,
             403,
             "Not available yet",
-            f"This study will be available to you from {moment(releases.held[uid])}, "
+            f"This study will be available to you from {moment(access.held[uid])}, "
             "so that your physician can go over the results with you first.",
             signed_in=True,
             csrf_token=browser.csrf_token,
         )
-    visibility = await services.release.visibility(services, patient)
-    view = await study_view(services, visibility, uid, IMAGES)
+    view = await study_view(services, access, uid, IMAGES)
     if view is None:
         return message(
             services,
@@ -169,8 +166,10 @@ async def download(
     """The patient's own copy of a released study, as a ZIP of DICOM files."""
     patient = account.patient_fhir_id or ""
     uid = request.path_params["uid"]
-    visibility = await services.release.visibility(services, patient)
-    if visibility.studies is None or uid not in visibility.studies:
+    access = await patient_access(services, patient)
+    try:
+        archive = await services.records.images.archive(access, [uid])
+    except (NotFound, Held):
         return message(
             services,
             404,
@@ -184,13 +183,13 @@ async def download(
             category="dicomweb",
             action="retrieve",
             outcome=200,
-            user=f"{services.settings.fhir_base_url}/Patient/{patient}",
+            user=access.actor.user,
             patient=patient,
             study=uid,
             detail="portal download (ZIP)",
         )
     )
-    return zip_response(study_archive(services.upstream, [uid], visibility), f"study-{uid[-12:]}")
+    return zip_response(archive, f"study-{uid[-12:]}")
 
 
 @signed_in
@@ -198,7 +197,8 @@ async def waive(
     request: Request, services: Services, browser: BrowserSession, account: Account
 ) -> Response:
     """The patient chooses to see new results at once, without the release delay."""
-    done = await services.release.waive(account.patient_fhir_id or "")
+    access = await patient_access(services, account.patient_fhir_id or "")
+    done = await services.records.studies.waive_delay(access)
     await services.audit.record(
         AuditEntry(
             category="consent",
@@ -215,9 +215,10 @@ async def waive(
 async def apps(
     request: Request, services: Services, browser: BrowserSession, account: Account
 ) -> Response:
+    access = await patient_access(services, account.patient_fhir_id or "")
     names = {
-        study.uid: f"{study.description} ({study.date})" if study.date else study.description
-        for study in await jacket.studies_of(services, account.patient_fhir_id or "")
+        study.uid: study.name
+        for study in jacket.lines(await services.records.studies.jacket(access))
     }
     grants = []
     for grant, app_name, last_issued in await services.auth.tokens.grants_of(account.id):

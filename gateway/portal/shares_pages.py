@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.audit import AuditEntry
 from gateway.auth import jacket
+from gateway.authorization import patient_access
 from gateway.errors import NotRecorded
 from gateway.mail import MailError, share_message
 from gateway.portal.pages import moment, redirect, render, signed_in
@@ -32,10 +33,9 @@ STATE_WORDS = {
 
 async def _shareable(services: Services, account: Account) -> list[jacket.JacketStudy]:
     """The patient's studies that may be shared: their own, past the release delay."""
-    patient = account.patient_fhir_id or ""
-    studies = await jacket.studies_of(services, patient)
-    released = (await services.release.for_patient(services, patient)).released
-    return [s for s in studies if s.uid in released]
+    access = await patient_access(services, account.patient_fhir_id or "")
+    studies = jacket.lines(await services.records.studies.jacket(access))
+    return [s for s in studies if not s.held]
 
 
 async def _page(

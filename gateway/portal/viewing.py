@@ -1,24 +1,26 @@
 """What the portal's and a share's pages show of a study: series to look at, and reports.
 
-Built from the same ImagingStudy and DocumentReference resources the FHIR API
-serves, under the request's visibility, so the pages can never show more than
-the API would. Images and reports are linked under the page's own image
-routes (``/portal/dicomweb`` or ``/share/dicomweb``), which check again.
+Built from the records layer's summaries, series and documents, under the
+caller's access, so the pages can never show more than the API would. Images
+and reports are linked under the page's own image routes (``/portal/dicomweb``
+or ``/share/dicomweb``), which check again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.access import Visibility
 from gateway.auth.jacket import NOT_IMAGES
+from gateway.dicomweb import dicomjson as dj
+from gateway.dicomweb import reports
+from gateway.dicomweb.dicomjson import DicomJson
 from gateway.errors import NotFound
-from gateway.fhir.documents import DocumentCriteria
-from gateway.fhir.studies import StudyCriteria
+from gateway.records.access import Access
+from gateway.records.documents import DocumentQuery
+from gateway.records.studies import StudyDetail
 from gateway.services import Services
-
-MAX_DOCUMENTS = 50
 
 
 @dataclass(frozen=True)
@@ -57,63 +59,45 @@ class StudyView:
 
 
 async def study_view(
-    services: Services, visibility: Visibility, study_uid: str, images_base: str
+    services: Services, access: Access, study_uid: str, images_base: str
 ) -> StudyView | None:
-    """The study as a page shows it; None when the visibility does not cover it."""
+    """The study as a page shows it; None when the access does not cover it."""
+    records = services.records
     try:
-        resource = await services.studies.read(study_uid, visibility)
+        summary = await records.studies.summary(access, study_uid)
     except NotFound:
         return None
-    documents = await services.documents.search(
-        DocumentCriteria(study_uids={study_uid}), 0, MAX_DOCUMENTS, visibility
-    )
-    reports = [
-        report
-        for document in documents.resources
-        if (report := _report(document, services.settings.dicomweb_base_url, images_base))
-    ]
+    (detail,) = await records.studies.details(access, [summary])
+    found = await records.documents.find(access, DocumentQuery(study_uids=frozenset({study_uid})))
     return StudyView(
         uid=study_uid,
-        date=str(resource.get("started", ""))[:10],
-        description=resource.get("description", "Imaging study"),
-        modalities=", ".join(
-            m["code"] for m in resource.get("modality", []) if m["code"] not in NOT_IMAGES
-        ),
-        series=[
-            _series(series)
-            for series in resource.get("series", [])
-            if series["modality"]["code"] not in NOT_IMAGES and series.get("instance")
-        ],
-        reports=reports,
+        date=summary.date,
+        description=summary.description or "Imaging study",
+        modalities=_modalities(summary.modalities),
+        series=_image_series(detail),
+        reports=[r for d in found.documents if (r := _report(d, images_base))],
     )
 
 
-async def study_summaries(
-    services: Services, visibility: Visibility, study_uids: list[str]
+async def study_lines(
+    services: Services, access: Access, study_uids: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """One line per study (newest first), with the UIDs of a first image for a thumbnail."""
-    page = await services.studies.search(
-        StudyCriteria(study_uids=set(study_uids)), 0, len(study_uids), visibility
-    )
+    """One line per study the access covers (newest first), with a first image's thumbnail."""
+    jacket = await services.records.studies.jacket(access)
+    wanted = [s for s in jacket.studies if s.uid in set(study_uids) and s.uid not in access.held]
     lines = []
-    for resource in page.resources:
-        images = [
-            _series(s)
-            for s in resource.get("series", [])
-            if s["modality"]["code"] not in NOT_IMAGES and s.get("instance")
-        ]
+    for detail in await services.records.studies.details(access, wanted):
+        images = _image_series(detail)
         first = images[0] if images else None
         lines.append(
             {
-                "uid": resource["id"],
-                "date": str(resource.get("started", ""))[:10],
-                "description": resource.get("description", "Imaging study"),
-                "modalities": ", ".join(
-                    m["code"] for m in resource.get("modality", []) if m["code"] not in NOT_IMAGES
-                ),
+                "uid": detail.summary.uid,
+                "date": detail.summary.date,
+                "description": detail.summary.description or "Imaging study",
+                "modalities": _modalities(detail.summary.modalities),
                 "images": sum(len(s.instances) for s in images),
                 "thumbnail": (
-                    f"studies/{resource['id']}/series/{first.uid}/instances/"
+                    f"studies/{detail.summary.uid}/series/{first.uid}/instances/"
                     f"{first.instances[0]}/thumbnail"
                     if first
                     else None
@@ -123,29 +107,53 @@ async def study_summaries(
     return lines
 
 
-def _series(series: dict[str, Any]) -> SeriesView:
-    instances = sorted(series.get("instance", []), key=lambda i: (i.get("number", 0), i["uid"]))
-    return SeriesView(
-        uid=series["uid"],
-        number=series.get("number"),
-        modality=series["modality"]["code"],
-        description=series.get("description", ""),
-        instances=[i["uid"] for i in instances],
-    )
+def _modalities(codes: Sequence[str]) -> str:
+    return ", ".join(m for m in codes if m not in NOT_IMAGES)
 
 
-def _report(document: dict[str, Any], dicomweb_base: str, images_base: str) -> ReportView | None:
-    """A readable report (SR as HTML, a PDF); manifests are for machines and left out."""
-    for content in document.get("content", []):
-        attachment = content["attachment"]
-        url = str(attachment.get("url", ""))
-        if attachment.get("contentType") in ("text/html", "application/pdf") and url.startswith(
-            dicomweb_base
-        ):
-            return ReportView(
-                title=document.get("description") or attachment.get("title") or "Report",
-                status=str(document.get("docStatus", "")),
-                url=images_base + url.removeprefix(dicomweb_base),
-                media_type=str(attachment["contentType"]),
+def _image_series(detail: StudyDetail) -> list[SeriesView]:
+    """The series a person looks at (not reports or manifests), in series-number order."""
+    instances: dict[str, list[DicomJson]] = {}
+    for instance in detail.instances:
+        instances.setdefault(dj.text(instance, "SeriesInstanceUID") or "", []).append(instance)
+    views = []
+    for series in detail.series:
+        uid = dj.text(series, "SeriesInstanceUID") or ""
+        modality = (dj.text(series, "Modality") or "").upper()
+        members = sorted(
+            instances.get(uid, []),
+            key=lambda i: (dj.integer(i, "InstanceNumber") or 0, dj.text(i, "SOPInstanceUID")),
+        )
+        if modality in NOT_IMAGES or not members:
+            continue
+        views.append(
+            SeriesView(
+                uid=uid,
+                number=dj.integer(series, "SeriesNumber"),
+                modality=modality,
+                description=dj.text(series, "SeriesDescription") or "",
+                instances=[dj.text(i, "SOPInstanceUID") or "" for i in members],
             )
-    return None
+        )
+    return sorted(views, key=lambda v: (v.number is None, v.number or 0, v.uid))
+
+
+def _report(document: DicomJson, images_base: str) -> ReportView | None:
+    """A readable report (SR as HTML, a PDF); manifests are for machines and left out."""
+    kind = reports.kind_of(document)
+    if kind not in ("sr", "pdf"):
+        return None
+    media_type = "text/html" if kind == "sr" else "application/pdf"
+    study, series, sop = (
+        dj.text(document, key) or ""
+        for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+    )
+    return ReportView(
+        title=dj.text(document, "SeriesDescription") or reports.title_of(document) or "Report",
+        status=reports.doc_status(document) or "",
+        url=(
+            f"{images_base}/studies/{study}/series/{series}/instances/{sop}"
+            f"/rendered?accept={media_type.replace('/', '%2F')}"
+        ),
+        media_type=media_type,
+    )

@@ -31,8 +31,7 @@ def enroll(harness: Harness, headers: dict[str, str], body: Any, **extra: str) -
 
 
 def bench_fhir_id(harness: Harness) -> str:
-    key = ("HOSP-A", BENCH_PATIENT_ID)
-    return str(harness.call(harness.services.patient_index.ids_for, [key])[key])
+    return str(harness.call(harness.services.records.patients.identify, "HOSP-A", BENCH_PATIENT_ID))
 
 
 def test_enroll_by_identifier_takes_the_birth_date_from_the_archive(
@@ -54,7 +53,7 @@ def test_enroll_by_identifier_takes_the_birth_date_from_the_archive(
     account = harness.call(harness.services.auth.accounts.get, body["id"])
     assert (account.birth_date, account.display_name) == (BENCH_BIRTH_DATE, "Jane Doe")
     # The code is a credential: not in the audit trail, not in the logs.
-    records = harness.call(harness.services.audit.search, patient=fhir_id)
+    records, _ = harness.call(harness.services.audit.search, patients=frozenset({fhir_id}))
     enrolled = [r for r in records if (r.category, r.action) == ("admin", "enroll")]
     assert len(enrolled) == 1 and enrolled[0].outcome == 201
     assert enrolled[0].client_id

@@ -319,40 +319,6 @@ def test_introspection_and_revocation(harness: Harness) -> None:
     assert again.status_code == 200
 
 
-def test_patient_scopes_confine_fhir_and_dicomweb(
-    harness: Harness, catalog: dict[str, StudyFacts]
-) -> None:
-    system = harness.backend_token("system/*.rs")
-    found = harness.client.get(
-        f"/fhir/Patient?identifier={BENCH_PATIENT_ID}", headers=bearer(system)
-    ).json()
-    patient_id = found["entry"][0]["resource"]["id"]
-    token = harness.patient_token(
-        patient_id, "launch/patient patient/ImagingStudy.rs patient/Patient.rs"
-    )
-    assert token["patient"] == patient_id
-    own = {f.uid for f in catalog.values() if f.patient_key == ("HOSP-A", BENCH_PATIENT_ID)}
-    other = next(f for f in catalog.values() if f.patient_key != ("HOSP-A", BENCH_PATIENT_ID))
-    searched = harness.client.get("/fhir/ImagingStudy?_count=200", headers=bearer(token)).json()
-    assert {e["resource"]["id"] for e in searched["entry"]} == own
-    assert (
-        harness.client.get(f"/fhir/ImagingStudy/{other.uid}", headers=bearer(token)).status_code
-        == 404
-    )
-    qido = harness.client.get("/dicomweb/studies?PatientID=*", headers=bearer(token)).json()
-    assert {s["0020000D"]["Value"][0] for s in qido} == own
-    assert (
-        harness.client.get(
-            f"/dicomweb/studies/{other.uid}/metadata", headers=bearer(token)
-        ).status_code
-        == 404
-    )
-    # N10: a type the grant does not cover.
-    assert harness.client.get("/fhir/DocumentReference", headers=bearer(token)).status_code == 403
-    patients = harness.client.get("/fhir/Patient", headers=bearer(token)).json()
-    assert [e["resource"]["id"] for e in patients["entry"]] == [patient_id]
-
-
 def test_registration(harness: Harness) -> None:
     answer = harness.client.post(
         "/oauth/register",
@@ -422,68 +388,3 @@ def test_granular_scopes_filter_searches_and_reads(
     assert all(any(m["code"] == "CT" for m in e["resource"]["modality"]) for e in studies["entry"])
     # A filter DICOMweb cannot express is refused rather than ignored.
     assert harness.client.get("/dicomweb/studies", headers=bearer(token)).status_code == 403
-
-
-def test_a_patient_token_never_reaches_another_patient(
-    harness: Harness, catalog: dict[str, StudyFacts]
-) -> None:
-    system = harness.backend_token("system/*.rs")
-    mine_key = ("HOSP-A", BENCH_PATIENT_ID)
-    found = harness.client.get(
-        f"/fhir/Patient?identifier={BENCH_PATIENT_ID}", headers=bearer(system)
-    ).json()
-    patient_id = found["entry"][0]["resource"]["id"]
-    token = harness.patient_token(
-        patient_id,
-        "launch/patient patient/ImagingStudy.rs patient/Patient.rs patient/DocumentReference.rs",
-    )
-    headers = bearer(token)
-    other = next(f for f in catalog.values() if f.patient_key != mine_key and f.accession)
-    other_patient = harness.client.get(
-        f"/fhir/Patient?identifier={other.patient_key[1]}", headers=bearer(system)
-    ).json()["entry"][0]["resource"]["id"]
-    series = sorted(other.series)[0]
-    instance = str(other.first.SOPInstanceUID)
-
-    def fhir_total(query: str) -> int:
-        response = harness.client.get(f"/fhir/{query}", headers=headers)
-        assert response.status_code == 200, (query, response.text)
-        body = response.json()
-        leaked = [
-            e["resource"]
-            for e in body.get("entry", [])
-            if other.uid in str(e["resource"]) or other_patient in str(e["resource"])
-        ]
-        assert not leaked, query
-        return int(body.get("total", 0))
-
-    assert fhir_total(f"ImagingStudy?patient={other_patient}") == 0
-    assert fhir_total(f"ImagingStudy?identifier={other.accession}") == 0
-    assert fhir_total(f"ImagingStudy?_id={other.uid}") == 0
-    assert fhir_total(f"ImagingStudy?_id={other.uid}&_include=ImagingStudy:subject") == 0
-    assert fhir_total(f"DocumentReference?related=ImagingStudy/{other.uid}") == 0
-    assert fhir_total(f"DocumentReference?patient={other_patient}") == 0
-    assert fhir_total(f"Patient?_id={other_patient}") == 0
-    for read in (f"ImagingStudy/{other.uid}", f"Patient/{other_patient}"):
-        assert harness.client.get(f"/fhir/{read}", headers=headers).status_code == 404
-    for query in (
-        "PatientID=*",
-        "PatientID=",
-        "PatientName=*",
-        "includefield=all",
-        f"StudyInstanceUID={other.uid}",
-        "PatientName=a&fuzzymatching=true",
-    ):
-        for level in ("studies", "series", "instances"):
-            response = harness.client.get(f"/dicomweb/{level}?{query}", headers=headers)
-            assert response.status_code in (200, 204), (level, query)
-            assert other.uid not in response.text, (level, query)
-    base = f"/dicomweb/studies/{other.uid}"
-    for path in (
-        base,
-        f"{base}/metadata",
-        f"{base}/series/{series}",
-        f"{base}/series/{series}/instances/{instance}/rendered",
-        f"{base}/series/{series}/instances/{instance}/frames/1",
-    ):
-        assert harness.client.get(path, headers=headers).status_code == 404, path

@@ -121,7 +121,7 @@ def test_demo_has_a_study_in_every_state_and_runs_twice(data_dir: Path) -> None:
     later = datetime.now(UTC) + timedelta(hours=73)
 
     async def releases(services: Services) -> tuple[frozenset[str], dict[str, datetime]]:
-        computed = await services.release.for_patient(services, patient["fhir_id"])
+        computed = await services.records.jackets.of(patient["fhir_id"])
         return computed.released, computed.held
 
     released, still_held = on_services(releases, clock=lambda: later)

@@ -9,7 +9,8 @@ from fhir.resources.R4B.documentreference import DocumentReference
 
 from gateway.dicomweb import reports
 from gateway.dicomweb.dicomjson import element, tag
-from gateway.fhir.document_mapping import doc_status, document_reference, document_type
+from gateway.dicomweb.reports import doc_status
+from gateway.fhir.document_mapping import document_reference, document_type
 from gateway.fhir.mapping import MappingContext
 
 CONTEXT = MappingContext(dicomweb_url="https://gw.example.org/dicomweb")

@@ -34,7 +34,8 @@ def patient(harness: Harness) -> Patient:
 
 @pytest.fixture(scope="module")
 def studies(harness: Harness, patient: Patient) -> list[jacket.JacketStudy]:
-    return harness.call(jacket.studies_of, harness.services, patient.fhir_id)  # type: ignore[no-any-return]
+    made = harness.call(harness.services.records.jackets.of, patient.fhir_id)
+    return jacket.lines(made)
 
 
 def test_a_reported_study_shows_its_report_and_images(
@@ -88,21 +89,23 @@ def test_a_held_study_says_when_it_will_be_available(
     studies: list[jacket.JacketStudy],
 ) -> None:
     newest = max((s for s in studies if s.date), key=lambda s: s.date)
-    clock = harness.services.release.clock
+    clock = harness.services.clock
     assert isinstance(clock, Clock)
     before = clock.now
     clock.now = datetime.fromisoformat(newest.date).replace(tzinfo=UTC) + timedelta(days=1)
-    harness.services.release.forget()
+    harness.services.records.jackets.forget()
     try:
         page = harness.client.get(f"/portal/studies/{newest.uid}")
         assert page.status_code == 403 and "will be available to you from" in page.text
         assert "Available to you from" in harness.client.get("/portal/").text
         held_image = f"/portal/dicomweb/studies/{newest.uid}/series/1.2/instances/1.2.3/thumbnail"
-        assert harness.client.get(held_image).status_code == 404
+        # The patient's own: told when, as on the study page (an app would get a 404).
+        image = harness.client.get(held_image)
+        assert image.status_code == 403 and "available to you" in image.text
         assert harness.client.get(f"/portal/studies/{newest.uid}/download").status_code == 404
     finally:
         clock.now = before
-        harness.services.release.forget()
+        harness.services.records.jackets.forget()
 
 
 def test_the_image_routes_need_a_portal_session(

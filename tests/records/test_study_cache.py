@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.dicomweb.dicomjson import element, tag
-from gateway.fhir.study_cache import StudyDetailCache
+from gateway.records.study_cache import StudyDetailCache
 from tests.conftest import make_settings, migrate
 
 
@@ -42,7 +42,7 @@ def test_no_counts_means_no_caching_and_ttl_and_size_bound(monkeypatch: pytest.M
     assert cache.get(study("1.3", 1, 1)) is None  # evicted, least recently used
     assert cache.get(study("1.5", 1, 1)) is not None
     later = time.monotonic() + 61
-    monkeypatch.setattr("gateway.fhir.study_cache.time.monotonic", lambda: later)
+    monkeypatch.setattr("gateway.records.study_cache.time.monotonic", lambda: later)
     assert cache.get(study("1.5", 1, 1)) is None
     assert not StudyDetailCache(ttl=0, max_entries=5).enabled
 
