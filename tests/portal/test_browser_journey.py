@@ -236,10 +236,11 @@ def test_a_patients_journey(served: dict[str, Any]) -> None:
             assert set(listed) == set(shared)
             shot(doctor, "journey-6-shared-studies")
             doctor.locator("tbody a").first.click()
-            doctor.wait_for_function(
-                "document.querySelector('.viewer img').complete"
-                " && document.querySelector('.viewer img').naturalWidth > 0"
+            # Not wait_for_function: once it polls, it evals, which the page's policy forbids.
+            width = doctor.locator(".viewer img").evaluate(
+                "(img) => img.decode().then(() => img.naturalWidth)"
             )
+            assert width > 0
             shot(doctor, "journey-7-shared-study-viewer")
             with doctor.expect_download() as downloading:
                 doctor.get_by_role("link", name="Download this study (DICOM files, ZIP)").click()
