@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from gateway import __version__, logs, operations
 from gateway.admin import routes as admin_routes
@@ -26,6 +27,7 @@ from gateway.errors import NotRecorded
 from gateway.fhir import routes as fhir_routes
 from gateway.portal import recipient
 from gateway.portal import routes as portal_routes
+from gateway.security_headers import SecurityHeadersMiddleware
 from gateway.services import Services
 from gateway.settings import Settings
 
@@ -33,6 +35,13 @@ logger = logging.getLogger(__name__)
 
 
 SMART_APPS = Path(__file__).resolve().parents[1] / "smart_apps"
+# The bundled apps run their own script and stylesheet files (nothing inline), call
+# FHIR and DICOMweb on this origin, and show thumbnails made from fetched blobs.
+APPS_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
 
 
 def _apps(settings: Settings) -> list[BaseRoute]:
@@ -40,7 +49,19 @@ def _apps(settings: Settings) -> list[BaseRoute]:
     folder = settings.apps_dir or SMART_APPS
     if not folder.is_dir():
         return []
-    return [Mount("/apps", app=StaticFiles(directory=folder, html=True), name="apps")]
+    files = StaticFiles(directory=folder, html=True)
+    return [Mount("/apps", app=SecurityHeadersMiddleware(files, APPS_POLICY), name="apps")]
+
+
+class _Gateway(Starlette):
+    """Starlette with the security headers outside everything, its own 500s included.
+
+    Middleware passed to Starlette runs inside ``ServerErrorMiddleware``, whose
+    answer to an unhandled exception would otherwise go out without them.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeadersMiddleware(super().build_middleware_stack())
 
 
 def create_app(
@@ -76,7 +97,7 @@ def create_app(
         # A page or OAuth action whose audit record failed: undone, and said so plainly.
         return PlainTextResponse(NOT_RECORDED + "\n", status_code=500)
 
-    return Starlette(
+    return _Gateway(
         routes=[
             *auth_routes.discovery_routes(),
             Mount("/oauth", routes=auth_routes.routes()),

@@ -3,6 +3,9 @@
 
 const CLIENT_ID = document.currentScript.dataset.clientId || localStorage.getItem("viewer.client_id");
 const REDIRECT = new URL("./", window.location.href).href;
+// The FHIR base of the gateway that serves this page: the only server the viewer
+// signs in to, whatever a link says (a link can come from any site).
+const OWN_ISS = new URL("../../fhir", window.location.href).href;
 const SCOPE = "launch/patient openid fhirUser patient/ImagingStudy.rs patient/Patient.rs patient/DocumentReference.rs";
 const status = (text, bad) => {
   const node = document.getElementById("status");
@@ -15,13 +18,41 @@ function base64url(bytes) {
     .replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
+function ownIss(iss) {
+  const trimmed = String(iss).replace(/\/+$/, "");
+  if (trimmed !== OWN_ISS) {
+    throw new Error(`${trimmed} is not this gateway's FHIR server (${OWN_ISS}); not signing in there.`);
+  }
+  return trimmed;
+}
+
+// Where discovery sends the browser or the code: https, or this site itself. Never
+// javascript:, data: or plain http elsewhere.
+function safeEndpoint(config, name, label) {
+  let url;
+  try {
+    url = new URL(config[name]);
+  } catch {
+    throw new Error(`The server names no usable ${label}; not following it.`);
+  }
+  if (url.protocol !== "https:" && url.origin !== window.location.origin) {
+    throw new Error(`The server's ${label} (${url.href}) is neither https nor on this site; not following it.`);
+  }
+  return url.href;
+}
+
 async function discover(iss) {
   const response = await fetch(`${iss}/.well-known/smart-configuration`);
   if (!response.ok) throw new Error(`discovery failed (${response.status})`);
-  return response.json();
+  const config = await response.json();
+  return {
+    authorization_endpoint: safeEndpoint(config, "authorization_endpoint", "authorization endpoint"),
+    token_endpoint: safeEndpoint(config, "token_endpoint", "token endpoint"),
+  };
 }
 
-async function authorize(iss, launch) {
+async function authorize(untrustedIss, launch) {
+  const iss = ownIss(untrustedIss);
   const clientId = new URLSearchParams(window.location.search).get("client_id") || CLIENT_ID;
   if (!clientId) { status("No client_id: open this page with ?client_id=... from demo.json.", true); return; }
   const config = await discover(iss);
@@ -111,7 +142,7 @@ async function show(iss, token) {
     if (query.get("iss")) return await authorize(query.get("iss"), query.get("launch"));
     const start = document.getElementById("start");
     start.hidden = false;
-    start.onclick = () => authorize(new URL("../../fhir", window.location.href).href.replace(/\/$/, ""));
+    start.onclick = () => authorize(OWN_ISS).catch((error) => status(String(error), true));
   } catch (error) {
     status(String(error), true);
   }

@@ -76,7 +76,7 @@ def test_the_letter(harness: Harness, admin: dict[str, str]) -> None:
     assert page.headers["content-type"].startswith("text/html")
     assert page.headers["cache-control"] == "no-store"
     assert page.headers["content-security-policy"] == (
-        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'"
     )
     html = page.text
     assert f"{code[:4]} {code[4:]}" in html

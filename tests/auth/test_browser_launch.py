@@ -6,6 +6,7 @@ Playwright drives Debian's Chromium (``executable_path``); nothing is downloaded
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,15 +92,19 @@ def test_patient_activates_and_shares_two_studies(gateway_with_viewer: dict[str,
             page.screenshot(path=str(ARTIFACTS / "consent.png"), full_page=True)
             page.get_by_role("button", name="Approve").click()
             page.wait_for_url(f"{gateway_with_viewer['base']}/apps/viewer/**")
-            page.wait_for_function(
-                "['shared with this app', 'refused', 'Error', 'failed']"
-                ".some((w) => document.getElementById('status').textContent.includes(w))"
-            )
+            # A locator, not wait_for_function: the viewer's policy forbids eval.
+            ended = re.compile("shared with this app|refused|Error|failed")
+            page.locator("#status", has_text=ended).wait_for()
             status = page.inner_text("#status")
             assert status == "2 imaging studies shared with this app.", status
             assert "Jane Doe" in page.inner_text("#banner")
             page.wait_for_selector(".thumbs img", timeout=15_000)
             assert page.locator(".study").count() == 2
+            # The thumbnail (a blob: URL) really loads under the viewer's policy.
+            width = page.locator(".thumbs img").first.evaluate(
+                "(img) => img.decode().then(() => img.naturalWidth)"
+            )
+            assert width > 0
             page.screenshot(path=str(ARTIFACTS / "viewer.png"), full_page=True)
             # The patient withdraws the app in the portal.
             portal = browser.new_page()

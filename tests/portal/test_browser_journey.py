@@ -189,9 +189,8 @@ def test_a_patients_journey(served: dict[str, Any]) -> None:
             app.get_by_label("One week").check()
             shot(app, "journey-3-consent")
             app.get_by_role("button", name="Approve").click()
-            app.wait_for_function(
-                "document.getElementById('status').textContent.includes('shared with this app')"
-            )
+            # A locator, not wait_for_function: the viewer's policy forbids eval.
+            app.locator("#status", has_text="shared with this app").wait_for()
             app_token = app.evaluate("sessionStorage.getItem('viewer.token')")
             headers = {"Authorization": f"Bearer {app_token}"}
             searched = httpx.get(f"{base}/fhir/ImagingStudy?_count=50", headers=headers).json()
@@ -237,10 +236,11 @@ def test_a_patients_journey(served: dict[str, Any]) -> None:
             assert set(listed) == set(shared)
             shot(doctor, "journey-6-shared-studies")
             doctor.locator("tbody a").first.click()
-            doctor.wait_for_function(
-                "document.querySelector('.viewer img').complete"
-                " && document.querySelector('.viewer img').naturalWidth > 0"
+            # Not wait_for_function: once it polls, it evals, which the page's policy forbids.
+            width = doctor.locator(".viewer img").evaluate(
+                "(img) => img.decode().then(() => img.naturalWidth)"
             )
+            assert width > 0
             shot(doctor, "journey-7-shared-study-viewer")
             with doctor.expect_download() as downloading:
                 doctor.get_by_role("link", name="Download this study (DICOM files, ZIP)").click()
