@@ -79,9 +79,10 @@ async def activity(
 
 
 def _who(record: AuditRecord, apps: dict[str, str], shares: dict[str, str]) -> str:
-    if record.client_id:
-        return apps.get(record.client_id, "An app")
     user = record.user or ""
+    if record.client_id:
+        app = apps.get(record.client_id, "An app")
+        return f"A physician, with {app}" if "/Practitioner/" in user else app
     if user.startswith("share/"):
         label = shares.get(user.removeprefix("share/"))
         return f"Share link: {label}" if label else "Share link recipient"

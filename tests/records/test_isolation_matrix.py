@@ -19,17 +19,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydicom import dcmread
 
-from gateway.auth.clients import ClientKind
-from gateway.auth.tokens import s256
 from gateway.dicomweb import dicomjson as dj
 from tests.auth.test_authorize import PASSPHRASE
 from tests.auth.test_oauth_api import Harness, bearer
 from tests.portal.support import Clock, create_share, enter_pin, portal_harness, portal_sign_in
+from tests.support.tokens import code_token
 
 OWN = ("HOSP-A", "IS-1005")
 OTHER = ("HOSP-B", "IS-1005")
@@ -122,44 +120,6 @@ class Setup:
     callers: dict[str, Caller]
 
 
-def _code_token(
-    harness: Harness,
-    scope: str,
-    context: dict[str, Any],
-    account_id: str,
-) -> dict[str, str]:
-    """A token as an authorization-code launch ends (the code issued directly)."""
-    client = harness.call(
-        harness.services.auth.clients.add,
-        name=f"App {uuid.uuid4().hex[:6]}",
-        kind=ClientKind.public,
-        redirect_uris=["https://app.example/cb"],
-    ).client
-    verifier = uuid.uuid4().hex * 2
-    code = harness.call(
-        harness.services.auth.tokens.create_code,
-        client_id=client.client_id,
-        account_id=account_id,
-        scope=scope.split(),
-        context=context,
-        redirect_uri="https://app.example/cb",
-        code_challenge=s256(verifier),
-        nonce=None,
-    )
-    answer = harness.client.post(
-        "/oauth/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": "https://app.example/cb",
-            "code_verifier": verifier,
-            "client_id": client.client_id,
-        },
-    )
-    assert answer.status_code == 200, answer.text
-    return bearer(answer.json())
-
-
 def _setup(harness: Harness, world: World, clock: Clock) -> Setup:
     clock.now = NOW
     services = harness.services
@@ -177,7 +137,7 @@ def _setup(harness: Harness, world: World, clock: Clock) -> Setup:
         Caller(
             "patient-chosen",
             "token",
-            _code_token(
+            code_token(
                 harness,
                 PATIENT_SCOPES,
                 {**context, "studies": [world.own.study]},
@@ -188,13 +148,13 @@ def _setup(harness: Harness, world: World, clock: Clock) -> Setup:
         Caller(
             "patient-all",
             "token",
-            _code_token(harness, PATIENT_SCOPES, context, account.id),
+            code_token(harness, PATIENT_SCOPES, context, account.id),
             told_held=True,
         ),
         Caller(
             "patient-no-reports",
             "token",
-            _code_token(
+            code_token(
                 harness,
                 "launch/patient patient/ImagingStudy.rs patient/Patient.rs",
                 context,
@@ -206,7 +166,7 @@ def _setup(harness: Harness, world: World, clock: Clock) -> Setup:
         Caller(
             "user",
             "token",
-            _code_token(
+            code_token(
                 harness,
                 "openid fhirUser user/*.rs",
                 {"fhirUser": f"{harness.settings.fhir_base_url}/Practitioner/{doctor.id}"},
