@@ -10,7 +10,7 @@ test-fast:   ## unit tests only: no Orthanc, no PostgreSQL
 	./scripts/test.sh -m "not orthanc and not postgres and not slow"
 
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy && .venv/bin/lint-imports
 
 bench:       ## FHIR search and DICOMweb vs direct Orthanc; the per-request token check
 	.venv/bin/python bench/fhir_search.py

@@ -51,5 +51,7 @@ echo "==> ruff"
 .venv/bin/ruff format --check .
 echo "==> mypy"
 .venv/bin/mypy
+echo "==> import contracts"
+.venv/bin/lint-imports --no-cache
 echo "==> pytest"
 exec .venv/bin/python -m pytest "$@"

@@ -21,10 +21,9 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.authorization import requires
 from gateway.dicomweb import bulkdata, qido, rendering, stow
-from gateway.dicomweb.upstream import Retrieved
 from gateway.errors import BadRequest, GatewayError, NotAcceptable, PayloadTooLarge
 from gateway.records.access import Access
-from gateway.records.images import RenderRequest, Target
+from gateway.records.images import RenderRequest, Retrieved, Target
 from gateway.services import Services
 
 logger = logging.getLogger(__name__)

@@ -33,7 +33,8 @@ from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb.archive import study_archive
 from gateway.dicomweb.dicomjson import DicomJson
 from gateway.dicomweb.matching import matches, vr_of
-from gateway.dicomweb.upstream import Retrieved, StoreResult, Upstream
+from gateway.dicomweb.upstream import Retrieved as Retrieved  # what routes stream out
+from gateway.dicomweb.upstream import StoreResult, Upstream
 from gateway.errors import BadRequest, Forbidden, NotAcceptable, NotFound, UpstreamBadResponse
 from gateway.records.access import CHECK_FIELDS, Access, PatientKey, patient_key
 from gateway.records.documents import require_reports
