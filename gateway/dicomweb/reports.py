@@ -29,6 +29,18 @@ CLASS_NAMES = {
     KEY_OBJECT_SELECTION: "Key Object Selection Document",
 }
 DOCUMENT_CLASSES = frozenset(CLASS_NAMES)
+# Encapsulated CDA, STL, OBJ and MTL: documents too, though not mapped to DocumentReference.
+OTHER_ENCAPSULATED = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.104.2",
+        "1.2.840.10008.5.1.4.1.1.104.3",
+        "1.2.840.10008.5.1.4.1.1.104.4",
+        "1.2.840.10008.5.1.4.1.1.104.5",
+    }
+)
+# Whose content only a DocumentReference permission reaches: reports, manifests and
+# every Encapsulated Document.
+CONTENT_CLASSES = DOCUMENT_CLASSES | OTHER_ENCAPSULATED
 # Series-level modalities under which these objects are stored (PS3.3 C.7.3.1.1.1).
 DOCUMENT_MODALITIES = ("SR", "DOC", "KO")
 

@@ -46,7 +46,7 @@ LEVEL_KEYS = {
     "series": "SeriesInstanceUID",
     "instance": "SOPInstanceUID",
 }
-DOCUMENT_CLASS_LIST = ",".join(sorted(reports.DOCUMENT_CLASSES))
+DOCUMENT_CLASS_LIST = ",".join(sorted(reports.CONTENT_CLASSES))
 # A report's text lives here; a caller who may not read reports never gets it from QIDO.
 REPORT_CONTENT = frozenset({dj.tag("ContentSequence")})
 # Documents the gateway serves as what they are; anything else is an attachment.
@@ -215,7 +215,7 @@ class ImageRecords:
         if target.instance:
             filters["SOPInstanceUID"] = target.instance
         found = await self.upstream.search_instances(filters, ("SOPClassUID",), limit=1)
-        if any(dj.text(item, "SOPClassUID") in reports.DOCUMENT_CLASSES for item in found):
+        if any(dj.text(item, "SOPClassUID") in reports.CONTENT_CLASSES for item in found):
             if target.instance:
                 require_reports(access)
             raise Forbidden(
@@ -235,7 +235,7 @@ class ImageRecords:
             return await self._report(access, target, asked.accept)
         dataset = await self._instance(target)
         sop_class = str(dataset.get("SOPClassUID", ""))
-        if sop_class in reports.DOCUMENT_CLASSES:
+        if sop_class in reports.CONTENT_CLASSES or "EncapsulatedDocument" in dataset:
             require_reports(access)
         if asked.whole_instance and "PixelData" not in dataset:
             if sop_class in reports.STRUCTURED_REPORTS:

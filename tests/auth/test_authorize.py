@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
+from fhir.resources.R4B.practitioner import Practitioner
 from joserfc import jwt
 from joserfc.jwk import KeySet
 from sqlalchemy import select
@@ -359,6 +360,7 @@ def test_ehr_launch(harness: Harness, patient: dict[str, str], app_id: str) -> N
     assert practitioner.startswith("/fhir/Practitioner/")
     me = harness.client.get(practitioner, headers=bearer(body))
     assert me.status_code == 200 and me.json()["name"][0]["family"] == "Grey"
+    Practitioner.model_validate(me.json())
     # The launch is single use.
     reused = harness.client.get("/oauth/authorize?" + urlencode(params), follow_redirects=False)
     assert parse_qs(urlsplit(reused.headers["location"]).query)["error"] == ["invalid_request"]
