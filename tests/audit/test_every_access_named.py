@@ -19,7 +19,6 @@ import pytest
 from fixtures.generate import BENCH_PATIENT_ID
 from tests.auth.test_oauth_api import Harness, bearer
 from tests.portal.support import Clock, enroll, portal_harness, portal_sign_in
-from tests.support.tokens import code_token, practitioner_token
 
 
 @pytest.fixture
@@ -43,7 +42,7 @@ def test_provider_and_backend_accesses_name_the_patient(portal: Harness) -> None
     harness = portal
     system = bearer(harness.backend_token("system/*.rs"))
     patient = _patient(harness, system)
-    doctor = practitioner_token(harness)
+    doctor = bearer(harness.practitioner_token())
     study = harness.client.get(
         f"/fhir/ImagingStudy?patient={patient}&_count=1", headers=doctor
     ).json()["entry"][0]["resource"]["id"]
@@ -68,11 +67,10 @@ def test_the_trail_pages_with_a_total(portal: Harness) -> None:
     harness = portal
     system = bearer(harness.backend_token("system/*.rs"))
     patient = _patient(harness, system)
-    mine = code_token(
-        harness,
-        "launch/patient patient/ImagingStudy.rs patient/AuditEvent.rs",
-        {"patient": patient},
-        "someone",
+    mine = bearer(
+        harness.patient_token(
+            patient, "launch/patient patient/ImagingStudy.rs patient/AuditEvent.rs"
+        )
     )
     for _ in range(5):
         assert harness.client.get("/fhir/ImagingStudy?_count=1", headers=mine).status_code == 200

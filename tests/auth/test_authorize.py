@@ -115,6 +115,20 @@ def follow_to_consent(harness: Harness, params: dict[str, str], patient: dict[st
     return client.get(signed.headers["location"]).text
 
 
+def redeem(harness: Harness, code: str, verifier: str, client_id: str) -> Any:
+    """The token endpoint's answer to a code (redirected to ``REDIRECT``)."""
+    return harness.client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "code_verifier": verifier,
+            "client_id": client_id,
+        },
+    )
+
+
 def approve(harness: Harness, consent_page: str, untick: tuple[str, ...] = ()) -> dict[str, Any]:
     scopes = re.findall(r'name="scope" value="([^"]*)"', consent_page)
     answer = harness.client.post(
@@ -141,16 +155,7 @@ def test_standalone_patient_launch(harness: Harness, patient: dict[str, str], ap
     # N20: the user unticks documents; the token must not carry them.
     redirected = approve(harness, consent_page, untick=("patient/DocumentReference.rs",))
     assert redirected["state"] == params["state"]
-    token = harness.client.post(
-        "/oauth/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": redirected["code"],
-            "redirect_uri": REDIRECT,
-            "code_verifier": verifier,
-            "client_id": app_id,
-        },
-    )
+    token = redeem(harness, redirected["code"], verifier, app_id)
     assert token.status_code == 200, token.text
     assert token.headers["cache-control"] == "no-store" and token.headers["pragma"] == "no-cache"
     body = token.json()
@@ -199,16 +204,7 @@ def test_standalone_patient_launch(harness: Harness, patient: dict[str, str], ap
     )
     assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope"
     # N1: the code again is exactly 400 invalid_grant.
-    again = harness.client.post(
-        "/oauth/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": redirected["code"],
-            "redirect_uri": REDIRECT,
-            "code_verifier": verifier,
-            "client_id": app_id,
-        },
-    )
+    again = redeem(harness, redirected["code"], verifier, app_id)
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
 
 
@@ -340,16 +336,7 @@ def test_ehr_launch(harness: Harness, patient: dict[str, str], app_id: str) -> N
     )
     consent_page = harness.client.get(signed.headers["location"]).text
     redirected = approve(harness, consent_page)
-    body = harness.client.post(
-        "/oauth/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": redirected["code"],
-            "redirect_uri": REDIRECT,
-            "code_verifier": verifier,
-            "client_id": app_id,
-        },
-    ).json()
+    body = redeem(harness, redirected["code"], verifier, app_id).json()
     assert body["patient"] == patient["fhir_id"]
     assert body["fhirContext"] == [{"reference": "ImagingStudy/1.2.3"}]
     assert body["need_patient_banner"] is False
@@ -415,16 +402,7 @@ def test_the_patient_picks_two_studies_for_a_day(harness: Harness, patient: dict
         follow_redirects=False,
     )
     code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
-    token = harness.client.post(
-        "/oauth/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": REDIRECT,
-            "code_verifier": verifier,
-            "client_id": app,
-        },
-    ).json()
+    token = redeem(harness, code, verifier, app).json()
     assert token["fhirContext"] == [{"reference": f"ImagingStudy/{uid}"} for uid in chosen]
     headers = bearer(token)
     studies = harness.client.get("/fhir/ImagingStudy?_count=50", headers=headers).json()

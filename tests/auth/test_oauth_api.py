@@ -85,6 +85,14 @@ class Harness:
 
     def patient_token(self, patient_fhir_id: str, scope: str) -> dict[str, Any]:
         """A token as a standalone patient launch ends (the code issued directly)."""
+        context = {
+            "patient": patient_fhir_id,
+            "fhirUser": f"{self.settings.fhir_base_url}/Patient/{patient_fhir_id}",
+        }
+        return self.code_token(scope, context, "patient-account")
+
+    def code_token(self, scope: str, context: dict[str, Any], account_id: str) -> dict[str, Any]:
+        """The token of a code created directly (no pages), for any account and context."""
         created = self.call(
             self.services.auth.clients.add,
             name="Patient app",
@@ -95,12 +103,9 @@ class Harness:
         code = self.call(
             self.services.auth.tokens.create_code,
             client_id=created.client.client_id,
-            account_id="patient-account",
+            account_id=account_id,
             scope=scope.split(),
-            context={
-                "patient": patient_fhir_id,
-                "fhirUser": f"{self.settings.fhir_base_url}/Patient/{patient_fhir_id}",
-            },
+            context=context,
             redirect_uri="https://app.example/cb",
             code_challenge=s256(verifier),
             nonce=None,
@@ -117,6 +122,17 @@ class Harness:
         )
         assert response.status_code == 200, response.text
         return {**response.json(), "client_id": created.client.client_id}
+
+    def practitioner_token(self, scope: str = "openid fhirUser user/*.rs") -> dict[str, Any]:
+        """A physician's token: a new Practitioner account, its fhirUser in the context."""
+        doctor = self.call(
+            self.services.auth.accounts.add_practitioner,
+            f"dr.{uuid.uuid4().hex[:8]}",
+            "House^Gregory",
+            "a long password here",
+        )
+        fhir_user = f"{self.settings.fhir_base_url}/Practitioner/{doctor.id}"
+        return self.code_token(scope, {"fhirUser": fhir_user}, doctor.id)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ whatever the client accepts, on ``/dicomweb``, ``/portal/dicomweb`` and
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,16 +20,9 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
 from fixtures.generate import BENCH_PATIENT_ID
-from gateway.dicomweb.file_store import FileStoreUpstream
 from tests.auth.test_oauth_api import Harness, bearer
-from tests.portal.support import (
-    Clock,
-    create_share,
-    enroll,
-    enter_pin,
-    portal_harness,
-    portal_sign_in,
-)
+from tests.portal.support import create_share, enroll, enter_pin, portal_sign_in
+from tests.support.stores import private_store
 
 SCRIPT = b"<html><body><script>document.title='pwned'</script></body></html>"
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
@@ -68,27 +60,8 @@ def world(
         "pdf": pdf,
     }
     datasets = [*mine, *(added[k] for k in ("html", "svg", "xhtml"))]
-    if request.param == "embedded":
-        asyncio.run(_seed(FileStoreUpstream(workdir / "dicom"), datasets))
-        with portal_harness(workdir, workdir, Clock()) as harness:
-            yield harness, added
-        return
-    from gateway.dicomweb.http_upstream import HttpUpstream
-    from tests.support.orthanc import run_orthanc
-
-    with run_orthanc(workdir / "orthanc") as orthanc:
-        asyncio.run(_seed(HttpUpstream(orthanc.dicomweb_url), datasets))
-        with portal_harness(workdir, workdir, Clock(), dicomweb_url=orthanc.dicomweb_url) as made:
-            yield made, added
-
-
-async def _seed(store: Any, datasets: list[Dataset]) -> None:
-    try:
-        for start in range(0, len(datasets), 20):
-            result = await store.store_instances(datasets[start : start + 20])
-            assert not result.failed, result.failed
-    finally:
-        await store.aclose()
+    with private_store(request.param, workdir, datasets) as harness:
+        yield harness, added
 
 
 def _path(ds: Dataset) -> str:

@@ -9,7 +9,6 @@ it is stored. On the embedded store and on a private Orthanc of its own.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import io
 from collections.abc import Iterator
@@ -21,10 +20,9 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
 from fixtures.generate import BENCH_PATIENT_ID
-from gateway.dicomweb.file_store import FileStoreUpstream
 from tests.auth.test_oauth_api import Harness, bearer
 from tests.dicomweb.test_stow import CONTENT_TYPE, multipart
-from tests.portal.support import Clock, portal_harness
+from tests.support.stores import private_store
 
 NOT_AUTHORIZED = 0x0124
 FAILURE_REASON = "00081197"
@@ -46,30 +44,8 @@ def stores(
     mine = [d for d in datasets if d.PatientID == BENCH_PATIENT_ID]
     theirs = [d for d in datasets if d.PatientID == "IS-1002"]
     samples = {"mine": mine[0], "theirs": theirs[0]}
-    if request.param == "embedded":
-        store = FileStoreUpstream(workdir / "dicom")
-        asyncio.run(_seed(store, [*mine, *theirs]))
-        with portal_harness(workdir, workdir, Clock()) as harness:
-            yield harness, samples
-        return
-    from gateway.dicomweb.http_upstream import HttpUpstream
-    from tests.support.orthanc import run_orthanc
-
-    with run_orthanc(workdir / "orthanc") as orthanc:
-        asyncio.run(_seed(HttpUpstream(orthanc.dicomweb_url), [*mine, *theirs]))
-        with portal_harness(
-            workdir, workdir, Clock(), dicomweb_url=orthanc.dicomweb_url
-        ) as harness:
-            yield harness, samples
-
-
-async def _seed(store: Any, datasets: list[Dataset]) -> None:
-    try:
-        for start in range(0, len(datasets), 20):
-            result = await store.store_instances(datasets[start : start + 20])
-            assert not result.failed, result.failed
-    finally:
-        await store.aclose()
+    with private_store(request.param, workdir, [*mine, *theirs]) as harness:
+        yield harness, samples
 
 
 def _copy(source: Dataset, **changes: str) -> tuple[Dataset, bytes]:

@@ -27,7 +27,6 @@ from gateway.dicomweb import dicomjson as dj
 from tests.auth.test_authorize import PASSPHRASE
 from tests.auth.test_oauth_api import Harness, bearer
 from tests.portal.support import Clock, create_share, enter_pin, portal_harness, portal_sign_in
-from tests.support.tokens import code_token
 
 OWN = ("HOSP-A", "IS-1005")
 OTHER = ("HOSP-B", "IS-1005")
@@ -130,50 +129,32 @@ def _setup(harness: Harness, world: World, clock: Clock) -> Setup:
     harness.call(services.auth.accounts.activate, account.login, "1966-09-30", PASSPHRASE)
     fhir_user = f"{harness.settings.fhir_base_url}/Patient/{patient}"
     context = {"patient": patient, "fhirUser": fhir_user}
-    doctor = harness.call(
-        services.auth.accounts.add_practitioner, "dr.matrix", "Matrix^Dr", PASSPHRASE
-    )
+    images_only = "launch/patient patient/ImagingStudy.rs patient/Patient.rs"
     callers = [
         Caller(
             "patient-chosen",
             "token",
-            code_token(
-                harness,
-                PATIENT_SCOPES,
-                {**context, "studies": [world.own.study]},
-                account.id,
+            bearer(
+                harness.code_token(
+                    PATIENT_SCOPES, {**context, "studies": [world.own.study]}, account.id
+                )
             ),
             chosen=frozenset({world.own.study}),
         ),
         Caller(
             "patient-all",
             "token",
-            code_token(harness, PATIENT_SCOPES, context, account.id),
+            bearer(harness.code_token(PATIENT_SCOPES, context, account.id)),
             told_held=True,
         ),
         Caller(
             "patient-no-reports",
             "token",
-            code_token(
-                harness,
-                "launch/patient patient/ImagingStudy.rs patient/Patient.rs",
-                context,
-                account.id,
-            ),
+            bearer(harness.code_token(images_only, context, account.id)),
             told_held=True,
             reports=False,
         ),
-        Caller(
-            "user",
-            "token",
-            code_token(
-                harness,
-                "openid fhirUser user/*.rs",
-                {"fhirUser": f"{harness.settings.fhir_base_url}/Practitioner/{doctor.id}"},
-                doctor.id,
-            ),
-            everyone=True,
-        ),
+        Caller("user", "token", bearer(harness.practitioner_token()), everyone=True),
         Caller("system", "token", bearer(harness.backend_token("system/*.rs")), everyone=True),
         Caller("portal", "portal", told_held=True),
         Caller(

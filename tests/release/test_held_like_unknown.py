@@ -18,7 +18,14 @@ import pytest
 
 from fixtures.generate import BENCH_PATIENT_ID
 from gateway.auth.clients import ClientKind
-from tests.auth.test_authorize import REDIRECT, authorize_params, follow_to_consent, hidden, pkce
+from tests.auth.test_authorize import (
+    REDIRECT,
+    authorize_params,
+    follow_to_consent,
+    hidden,
+    pkce,
+    redeem,
+)
 from tests.auth.test_oauth_api import Harness, bearer
 from tests.portal.support import Clock, portal_harness
 
@@ -73,16 +80,7 @@ def _token(harness: Harness, patient: dict[str, str], studies: list[str] | None)
         follow_redirects=False,
     )
     code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
-    token = harness.client.post(
-        "/oauth/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": REDIRECT,
-            "code_verifier": verifier,
-            "client_id": app,
-        },
-    )
+    token = redeem(harness, code, verifier, app)
     assert token.status_code == 200, token.text
     return bearer(token.json())
 
