@@ -6,7 +6,7 @@ Starts a private Orthanc (Debian packages orthanc + orthanc-dicomweb), loads the
 fixture studies with STOW-RS, starts `gateway serve` (uvicorn, one worker) in
 front of it twice (one with the study detail cache off, one with the default
 cache), then alternates, round after round, over keep-alive connections:
-  gateway-cold: GET /fhir/ImagingStudy?patient={id}  cache off: 3 QIDO calls per search
+  gateway-cold: GET /fhir/ImagingStudy?patient={id}  cache off: 2 QIDO calls per search
   gateway-warm: the same, default cache: 1 QIDO call per search once seen
   direct:       GET /dicom-web/studies?PatientID={mrn}  (the study-level QIDO alone)
 and reports p50/p95 of each and the ratios to direct (target: p50 ratio <= 2.0).

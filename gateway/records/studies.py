@@ -121,6 +121,11 @@ class StudyRecords:
 
     async def summary(self, access: Access, uid: str) -> StudySummary:
         """The study, if the caller may see it; else Held or NotFound."""
+        found = await self._visible(access, uid)
+        await self._note_patients(access, [found])
+        return found
+
+    async def _visible(self, access: Access, uid: str) -> StudySummary:
         if not is_uid(uid):
             raise NotFound(f"ImagingStudy/{uid} is not known.")
         jacket = await self._jacket(access)
@@ -136,13 +141,13 @@ class StudyRecords:
         if found is None or not access.visibility.permits(found.source):
             raise unseen(access, uid)
         access.seen.study = uid
-        await self._note_patients(access, [found])
         return found
 
     async def read(self, access: Access, uid: str) -> StudyPage:
         """One study with its series and instances."""
-        found = await self.summary(access, uid)
-        return await self._page([found], 1, False)
+        page = await self._page([await self._visible(access, uid)], 1, False)
+        access.seen.patients.update(page.patient_ids.values())
+        return page
 
     async def details(self, access: Access, summaries: Sequence[StudySummary]) -> list[StudyDetail]:
         """Series and instances of studies the caller may see (others are left out)."""
@@ -157,7 +162,7 @@ class StudyRecords:
         matching.sort(key=lambda s: (s.started or _FLOOR, s.uid), reverse=query.newest_first)
         page = matching[offset : offset + count] if count else []
         found = await self._page(page, len(matching), truncated)
-        await self._note_patients(access, page)
+        access.seen.patients.update(found.patient_ids.values())
         return found
 
     async def of_series(self, access: Access, series_uids: Iterable[str]) -> set[str]:
