@@ -44,6 +44,7 @@ class AuditEntry:
     patient: str | None = None
     study: str | None = None
     detail: str = ""
+    purpose: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class Auditor:
                             patient=entry.patient,
                             study=entry.study,
                             detail=entry.detail[:2000],
+                            purpose=entry.purpose,
                         )
                     )
                 await session.commit()
@@ -208,6 +210,7 @@ class AuditMiddleware:
                 patient=patient,
                 study=str(study)[:64] if study else None,
                 detail=detail,
+                purpose=getattr(access, "purpose", None),
             )
             for patient in (patients or [actor.patient])
         ]
@@ -229,6 +232,7 @@ def _within(scope: Scope) -> str:
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SHARE_SYSTEM = "urn:image-share:share-link"
+ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 EVENT_TYPES = {
     "rest": ("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest", "RESTful Operation"),
     "dicomweb": (DCM, "110103", "DICOM Instances Accessed"),
@@ -300,6 +304,8 @@ def audit_event(record: AuditRecord, source: str) -> dict[str, Any]:
         )
     if record.detail:
         entities.append({"description": record.detail})
+    if record.purpose:
+        resource["purposeOfEvent"] = [{"coding": [{"system": ACT_REASON, "code": record.purpose}]}]
     if entities:
         resource["entity"] = entities
     return resource

@@ -31,7 +31,15 @@ from gateway.audit import Actor, share_user
 from gateway.auth import granular, scopes
 from gateway.auth.tokens import AccessGrant
 from gateway.errors import Forbidden, Unauthorized
-from gateway.records.access import EVERYTHING, NOTHING, Access, Visibility
+from gateway.records.access import (
+    EVERYTHING,
+    NOTHING,
+    OPERATIONS,
+    PATIENT_REQUEST,
+    TREATMENT,
+    Access,
+    Visibility,
+)
 from gateway.store.models import ShareLink
 
 if TYPE_CHECKING:
@@ -150,12 +158,13 @@ async def patient_access(services: Services, patient: str) -> Access:
         actor=Actor(user=f"{services.settings.fhir_base_url}/Patient/{patient}", patient=patient),
         held=jacket.held,
         patients=frozenset({patient}),
+        purpose=PATIENT_REQUEST,
     )
 
 
 def staff_access(grant: AccessGrant) -> Access:
     """A backend client acting for staff (``admin/`` scopes): whatever the gateway serves."""
-    return Access(EVERYTHING, Actor(client_id=grant.client_id))
+    return Access(EVERYTHING, Actor(client_id=grant.client_id), purpose=OPERATIONS)
 
 
 def share_actor(share: ShareLink) -> Actor:
@@ -170,6 +179,7 @@ async def share_access(services: Services, share: ShareLink) -> Access:
         actor=share_actor(share),
         permits=lambda kind, action: (kind, action) in SHARED_PERMISSIONS,
         patients=frozenset({share.patient_fhir_id}),
+        purpose=PATIENT_REQUEST,  # the patient chose to give these studies
     )
 
 
@@ -185,6 +195,8 @@ async def _token_access(
     patient = grant.patient
     contexts = ("patient", "user", "system") if patient else ("user", "system")
     actor = Actor(grant.client_id, grant.context.get("fhirUser"), patient)
+    # A person's token that reaches past one patient is a provider's; no person, a system's.
+    broad_purpose = TREATMENT if grant.account_id else OPERATIONS
 
     def permits(kind: str, action: str) -> bool:
         return scopes.decide(grant.scope, contexts, kind, action).allowed
@@ -193,10 +205,10 @@ async def _token_access(
         # SMART: a token may always read its own fhirUser.
         if patient:
             return await _patient_token_access(services, grant, actor, permits)
-        return Access(EVERYTHING, actor, permits)
+        return Access(EVERYTHING, actor, permits, purpose=broad_purpose)
     broad = scopes.decide(grant.scope, ("user", "system"), needed.resource_type, needed.action)
     if broad.allowed:
-        access = Access(EVERYTHING, actor, permits)
+        access = Access(EVERYTHING, actor, permits, purpose=broad_purpose)
     else:
         confined = scopes.decide(grant.scope, ("patient",), needed.resource_type, needed.action)
         if not confined.allowed or not patient:
@@ -226,6 +238,7 @@ async def _patient_token_access(
         # Only a grant of all the patient's studies covers one still held back.
         held=jacket.held if not isinstance(chosen, list) else {},
         patients=frozenset({patient}),
+        purpose=PATIENT_REQUEST,
     )
 
 

@@ -14,8 +14,9 @@ needs (:mod:`gateway.authorization`), and carries:
   the caller may read reports;
 - the studies held back by the release delay that this caller would
   otherwise see (``held``), so only they are told "available from";
-- the actor the audit trail names, and what the operations touched
-  (``seen``), so the trail records the patient of every access.
+- the actor and the purpose of use the audit trail names, and what the
+  operations touched (``seen``), so the trail records the patient of every
+  access.
 
 Reads of something not visible answer 404, never 403: a refusal must not
 confirm that a study exists.
@@ -91,6 +92,13 @@ EVERYTHING = Visibility()
 NOTHING = Visibility(patients=frozenset(), studies=frozenset())
 
 
+# Purposes of use (HL7 v3 ActReason): a patient's own access, or one they gave through a
+# share link; a provider's; a backend system's.
+PATIENT_REQUEST = "PATRQT"
+TREATMENT = "TREAT"
+OPERATIONS = "HOPERAT"
+
+
 @dataclass
 class Seen:
     """What the operations of one request touched, for its audit record."""
@@ -114,6 +122,8 @@ class Access:
     held: Mapping[str, datetime] = field(default_factory=dict)
     # The FHIR ids of the patients the caller is confined to (None: not confined).
     patients: frozenset[str] | None = None
+    # Why the caller asks, as the audit trail names it (HL7 v3 ActReason).
+    purpose: str | None = None
     seen: Seen = field(default_factory=Seen, compare=False)
 
     def may(self, resource_type: str, action: str) -> bool:

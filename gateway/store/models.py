@@ -203,6 +203,9 @@ class AuditRecord(Base):
     patient: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     study: Mapped[str | None] = mapped_column(String(64), nullable=True)
     detail: Mapped[str] = mapped_column(Text, default="")
+    # Why: HL7 v3 ActReason (PATRQT the patient's own or their share, TREAT a provider,
+    # HOPERAT a backend system); None when no token was required.
+    purpose: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class StudyRelease(Base):

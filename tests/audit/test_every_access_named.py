@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
 
 from fixtures.generate import BENCH_PATIENT_ID
+from gateway.audit import ACT_REASON
 from tests.auth.test_oauth_api import Harness, bearer
 from tests.portal.support import Clock, enroll, portal_harness, portal_sign_in
 
@@ -52,8 +54,17 @@ def test_provider_and_backend_accesses_name_the_patient(portal: Harness) -> None
     )
     assert qido.status_code == 200
     trail = _events(harness, system, f"patient={patient}&_count=100")
+    for entry in trail["entry"]:
+        AuditEvent.model_validate(entry["resource"])
     agents = [str(e["resource"]["agent"]) for e in trail["entry"]]
     assert any("/Practitioner/" in a for a in agents)  # the physician's read and search
+    # Why each accessed: a provider's treatment, a backend system's operations.
+    purposes = {
+        e["resource"]["purposeOfEvent"][0]["coding"][0]["code"]
+        for e in trail["entry"]
+        if "purposeOfEvent" in e["resource"]
+    }
+    assert {"TREAT", "HOPERAT"} <= purposes
     details = [str(e["resource"].get("entity", "")) for e in trail["entry"]]
     assert any("/dicomweb/studies?PatientID" in d for d in details)  # the backend's QIDO
     # The patient sees both on the portal's Activity page.
@@ -81,6 +92,8 @@ def test_the_trail_pages_with_a_total(portal: Harness) -> None:
     first = _events(harness, mine, f"_count=2&date=lt{before}")
     total = first["total"]
     assert total >= 5 and len(first["entry"]) == 2
+    own_request = {"coding": [{"system": ACT_REASON, "code": "PATRQT"}]}
+    assert all(e["resource"]["purposeOfEvent"] == [own_request] for e in first["entry"])
     seen = [e["resource"]["id"] for e in first["entry"]]
     page = first
     while next_link := next((k["url"] for k in page["link"] if k["relation"] == "next"), None):
