@@ -1,20 +1,24 @@
 """People who sign in: patients by access code, practitioners by username.
 
-Five wrong answers lock an account for fifteen minutes. Callers show one
-message for every failure, so nobody learns which part was wrong.
+Five wrong answers lock an account for fifteen minutes. Each answer takes its
+try with one conditional UPDATE before the secret is checked, so parallel
+guesses get no more than sequential ones; a right answer gives the tries back.
+Every sign-in costs one argon2 verification and every activation one argon2
+hash, whatever the outcome, so timing does not tell a known access code from
+an unknown one. Callers show one message for every failure, so nobody learns
+which part was wrong.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.auth.secrets import hash_secret, new_access_code, new_id, same, verify_secret
-from gateway.store.models import Account, as_utc, utcnow
+from gateway.store.models import Account, utcnow
 
 MAX_FAILURES = 5
 LOCKOUT = timedelta(minutes=15)
@@ -77,54 +81,102 @@ class Accounts:
             return await session.get(Account, account_id)
 
     async def sign_in(self, login: str, secret: str) -> Account | None:
-        """The account if ``secret`` is right and it is not locked; else None."""
-        return await self._attempt(
-            login, lambda account: verify_secret(account.secret_hash, secret)
-        )
+        """The account if ``secret`` is right and it is not locked; else None.
+
+        One argon2 verification on every path: a real hash, or a dummy for an
+        unknown, locked or not yet activated account.
+        """
+        account = await self._take_try(login)
+        right = await verify_secret(account.secret_hash if account else None, secret)
+        return await self._settle(account, right)
 
     async def activate(self, access_code: str, birth_date: str, passphrase: str) -> Account | None:
         """First sign-in of a patient: code and birth date, then the chosen passphrase."""
         if len(passphrase) < MIN_PASSPHRASE:
             raise AccountError(f"the passphrase needs at least {MIN_PASSPHRASE} characters")
+        account = await self._take_try(access_code)
+        # The new passphrase is hashed on every path, before anything is known: one argon2
+        # computation, as a sign-in's verification, so timing tells no outcome from another.
+        hashed = await hash_secret(passphrase)
+        right = (
+            account is not None
+            and account.kind == "patient"
+            and account.secret_hash is None
+            and same(account.birth_date or "", birth_date)
+        )
+        return await self._settle(account, right, new_secret_hash=hashed)
 
-        async def check(account: Account) -> bool:
-            return (
-                account.kind == "patient"
-                and account.secret_hash is None
-                and same(account.birth_date or "", birth_date)
+    async def _take_try(self, login: str) -> Account | None:
+        """Use one of the account's tries, before its secret is checked.
+
+        One conditional UPDATE, so parallel guesses cannot take more than
+        MAX_FAILURES. None when there is no such account or no try is left
+        (locked); a lock that is over starts a new count.
+        """
+        now = utcnow()
+        async with self.sessions() as session:
+            taken = await session.execute(
+                update(Account)
+                .where(
+                    Account.login == login[:128],
+                    or_(
+                        and_(
+                            Account.locked_until.is_(None),
+                            Account.failed_attempts < MAX_FAILURES,
+                        ),
+                        Account.locked_until <= now,
+                    ),
+                )
+                .values(
+                    failed_attempts=case(
+                        (Account.locked_until.is_(None), Account.failed_attempts + 1), else_=1
+                    ),
+                    locked_until=None,
+                )
+                .execution_options(synchronize_session=False)
             )
+            account = None
+            if taken.rowcount:  # type: ignore[attr-defined]
+                account = await session.scalar(select(Account).where(Account.login == login[:128]))
+            await session.commit()
+            return account
 
-        account = await self._attempt(access_code, check)
+    async def _settle(
+        self, account: Account | None, right: bool, new_secret_hash: str | None = None
+    ) -> Account | None:
+        """After the check: a right answer gives the tries back, the fifth wrong one locks.
+
+        A right answer counts only if no parallel guess locked the account meanwhile.
+        ``new_secret_hash`` is kept for an activation, once (a parallel one may win).
+        """
         if account is None:
             return None
-        hashed = await hash_secret(passphrase)
         async with self.sessions() as session:
-            stored = await session.get(Account, account.id)
-            if stored is None or stored.secret_hash is not None:
-                return None
-            stored.secret_hash = hashed
-            await session.commit()
-            return stored
-
-    async def _attempt(
-        self, login: str, check: Callable[[Account], Awaitable[bool]]
-    ) -> Account | None:
-        async with self.sessions() as session:
-            account = await session.scalar(select(Account).where(Account.login == login[:128]))
-            if account is None:
-                await verify_secret(None, login)  # the same work as a real check
-                return None
-            now = utcnow()
-            if account.locked_until and as_utc(account.locked_until) > now:
-                return None
-            if await check(account):
-                account.failed_attempts = 0
-                account.locked_until = None
+            if not right:
+                await session.execute(
+                    update(Account)
+                    .where(
+                        Account.id == account.id,
+                        Account.locked_until.is_(None),
+                        Account.failed_attempts >= MAX_FAILURES,
+                    )
+                    .values(locked_until=utcnow() + LOCKOUT)
+                    .execution_options(synchronize_session=False)
+                )
                 await session.commit()
-                return account
-            account.failed_attempts += 1
-            if account.failed_attempts >= MAX_FAILURES:
-                account.locked_until = now + LOCKOUT
-                account.failed_attempts = 0
+                return None
+            conditions = [Account.id == account.id, Account.locked_until.is_(None)]
+            values: dict[str, object] = {"failed_attempts": 0}
+            if new_secret_hash is not None:
+                conditions.append(Account.secret_hash.is_(None))
+                values["secret_hash"] = new_secret_hash
+            kept = await session.execute(
+                update(Account)
+                .where(*conditions)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
             await session.commit()
-            return None
+            if not kept.rowcount:  # type: ignore[attr-defined]
+                return None
+            return await session.get(Account, account.id, populate_existing=True)

@@ -1,15 +1,20 @@
-"""Failed guesses per client address: the rate limit on every secret-guessing surface.
+"""Guesses per client address: the rate limit on every secret-guessing surface.
 
 Each account and each share link locks itself after five wrong answers; this
 limit is the other half, against one address trying many access codes or many
 links. Counters live in the database (fixed 15-minute windows), so every
-replica counts the same guesses. Only failures count: a patient who signs in
-correctly is never slowed down by others behind the same address.
+replica counts the same guesses.
+
+A guess first takes a try from its address's window with one conditional
+``UPDATE`` (``failures < limit``), *before* the secret is checked: parallel
+guesses cannot get more tries than the window holds, on SQLite as on
+PostgreSQL. A right answer gives its try back, so in the end only failures
+count, and a patient who signs in correctly uses none of the budget.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
@@ -19,6 +24,8 @@ from starlette.requests import Request
 from gateway.store.models import AttemptWindow, as_utc, utcnow
 
 WINDOW = timedelta(minutes=15)
+# Taking a try loops only when another replica changes the window between two statements.
+ROUNDS = 8
 
 
 class TooManyAttempts(Exception):
@@ -39,40 +46,68 @@ class AttemptLimiter:
         self.sessions = sessions
         self.limit = limit
 
-    async def check(self, surface: str, address: str) -> None:
-        """Raise TooManyAttempts when this address used up its failures for now."""
-        async with self.sessions() as session:
-            window = await session.get(AttemptWindow, _key(surface, address))
-        if window is None:
-            return
-        ends = as_utc(window.window_start) + WINDOW
-        now = utcnow()
-        if window.failures >= self.limit and ends > now:
-            raise TooManyAttempts(max(1, int((ends - now).total_seconds())))
+    async def take(self, surface: str, address: str) -> None:
+        """Take one try before a secret is checked; TooManyAttempts when none is left.
 
-    async def failed(self, surface: str, address: str) -> None:
-        """Count one failure (a new window starts when the last one is over)."""
-        key, now = _key(surface, address), utcnow()
-        async with self.sessions() as session:
-            # One atomic UPDATE per case, so concurrent failures on replicas all count.
-            counted = await session.execute(
-                update(AttemptWindow)
-                .where(AttemptWindow.key == key, AttemptWindow.window_start > now - WINDOW)
-                .values(failures=AttemptWindow.failures + 1)
-            )
-            if counted.rowcount == 0:  # type: ignore[attr-defined]
-                restarted = await session.execute(
-                    update(AttemptWindow)
-                    .where(AttemptWindow.key == key)
-                    .values(window_start=now, failures=1)
-                )
-                if restarted.rowcount == 0:  # type: ignore[attr-defined]
+        The try stays taken (a failure) unless ``give_back`` returns it.
+        """
+        key = _key(surface, address)
+        for _ in range(ROUNDS):
+            now = utcnow()
+            async with self.sessions() as session:
+                if await self._count_in_window(session, key, now) or await self._restart(
+                    session, key, now
+                ):
+                    await session.commit()
+                    return
+                window = await session.get(AttemptWindow, key)
+                if window is None:
                     session.add(AttemptWindow(key=key, window_start=now, failures=1))
-            try:
+                    try:
+                        await session.commit()
+                        return
+                    except IntegrityError:
+                        continue  # another replica created it first: take the try there
                 await session.commit()
-            except IntegrityError:
-                await session.rollback()  # another replica created it first: count there
-                await self.failed(surface, address)
+            ends = as_utc(window.window_start) + WINDOW
+            if window.failures >= self.limit and ends > now:
+                raise TooManyAttempts(max(1, int((ends - now).total_seconds())))
+        raise TooManyAttempts(1)
+
+    async def give_back(self, surface: str, address: str) -> None:
+        """A right answer: its try no longer counts against the address."""
+        async with self.sessions() as session:
+            await session.execute(
+                update(AttemptWindow)
+                .where(
+                    AttemptWindow.key == _key(surface, address),
+                    AttemptWindow.window_start > utcnow() - WINDOW,
+                    AttemptWindow.failures > 0,
+                )
+                .values(failures=AttemptWindow.failures - 1)
+            )
+            await session.commit()
+
+    async def _count_in_window(self, session: AsyncSession, key: str, now: datetime) -> bool:
+        counted = await session.execute(
+            update(AttemptWindow)
+            .where(
+                AttemptWindow.key == key,
+                AttemptWindow.window_start > now - WINDOW,
+                AttemptWindow.failures < self.limit,
+            )
+            .values(failures=AttemptWindow.failures + 1)
+        )
+        return bool(counted.rowcount)  # type: ignore[attr-defined]
+
+    async def _restart(self, session: AsyncSession, key: str, now: datetime) -> bool:
+        """The window is over: this try is the first of a new one."""
+        restarted = await session.execute(
+            update(AttemptWindow)
+            .where(AttemptWindow.key == key, AttemptWindow.window_start <= now - WINDOW)
+            .values(window_start=now, failures=1)
+        )
+        return bool(restarted.rowcount)  # type: ignore[attr-defined]
 
 
 def _key(surface: str, address: str) -> str:

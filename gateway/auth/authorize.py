@@ -205,9 +205,9 @@ async def signin(request: Request) -> Response:
         return error_page("The sign-in request has expired or belongs to another browser.")
     if not csrf_ok(browser, fields.get("csrf_token")):
         return error_page("The form was not sent from this server's page.")
-    address = client_address(request)
+    attempts, address = services.auth.attempts, client_address(request)
     try:
-        await services.auth.attempts.check("sign-in", address)
+        await attempts.take("sign-in", address)
     except TooManyAttempts as exc:
         minutes = max(1, exc.retry_after // 60)
         answer = await _signin_page(
@@ -241,11 +241,12 @@ async def signin(request: Request) -> Response:
             )
             account = account if account and account.kind == "patient" else None
     except AccountError as exc:
+        await attempts.give_back("sign-in", address)  # refused before any secret was checked
         return await _signin_page(services, browser, pending, request_id, str(exc), 400)
     await audit_sign_in(services, account, mode or "patient")
     if account is None:
-        await services.auth.attempts.failed("sign-in", address)
         return await _signin_page(services, browser, pending, request_id, SIGN_IN_FAILED, 401)
+    await attempts.give_back("sign-in", address)
     cookie, _ = await services.auth.browser_sessions.sign_in(browser, account.id)
     response = RedirectResponse(
         f"{services.settings.oauth_base_url}/consent?request={request_id}",

@@ -96,19 +96,19 @@ async def open_share(request: Request) -> Response:
     fields = await form_fields(request, max_fields=8)
     if not csrf_ok(browser, fields.get("csrf_token")):
         return render("share_pin.html", services, 400, error="Please try again.", **values)
-    address = client_address(request)
+    attempts, address = services.auth.attempts, client_address(request)
     try:
-        await services.auth.attempts.check("share-pin", address)
+        await attempts.take("share-pin", address)
     except TooManyAttempts as exc:
         return too_many(services, exc, "share_pin.html", **values)
     checked = await services.shares.check_pin(share, str(fields.get("pin", "")))
     if checked is PinCheck.opened:
         await _audit(services, share, "open", 200)
+        await attempts.give_back("share-pin", address)
         new_cookie, _ = await sessions.open_share(browser, share.id)
         response = redirect(services, "/share/view")
         set_cookie(response, services, SHARE_COOKIE, new_cookie, "/share")
         return response
-    await services.auth.attempts.failed("share-pin", address)
     if checked is PinCheck.locked:
         await _audit(services, share, "locked", 403)
         return _ended(services, 403, LOCKED)

@@ -60,9 +60,9 @@ async def signin(request: Request) -> Response:
         return render(
             "signin.html", services, 400, csrf_token=browser.csrf_token, error="Please try again."
         )
-    address = client_address(request)
+    attempts, address = services.auth.attempts, client_address(request)
     try:
-        await services.auth.attempts.check("sign-in", address)
+        await attempts.take("sign-in", address)
     except TooManyAttempts as exc:
         return too_many(services, exc, "signin.html", csrf_token=browser.csrf_token)
     accounts = services.auth.accounts
@@ -76,14 +76,15 @@ async def signin(request: Request) -> Response:
         else:
             account = await accounts.sign_in(code, str(fields.get("passphrase", "")))
     except AccountError as exc:
+        await attempts.give_back("sign-in", address)  # refused before any secret was checked
         return render("signin.html", services, 400, csrf_token=browser.csrf_token, error=str(exc))
     account = account if account is not None and account.kind == "patient" else None
     await audit_sign_in(services, account, str(mode or "patient"))
     if account is None:
-        await services.auth.attempts.failed("sign-in", address)
         return render(
             "signin.html", services, 401, csrf_token=browser.csrf_token, error=SIGN_IN_FAILED
         )
+    await attempts.give_back("sign-in", address)
     new_cookie, _ = await sessions.sign_in(browser, account.id)
     response: Response = redirect(services, "/portal/")
     set_cookie(response, services, PORTAL_COOKIE, new_cookie, "/portal")
