@@ -32,6 +32,7 @@ from gateway.portal.pages import (
     render,
     set_cookie,
     signed_in,
+    signed_in_form,
     too_many,
     zip_response,
 )
@@ -209,12 +210,25 @@ async def waive(
             patient=account.patient_fhir_id,
         )
     )
+    if not done:
+        return message(
+            services,
+            403,
+            "Not available",
+            "Seeing new results at once is not offered here, so nothing was changed. "
+            "New results reach you when their waiting time is over.",
+            signed_in=True,
+            csrf_token=browser.csrf_token,
+        )
     return redirect(services, "/portal/")
 
 
-@signed_in
-async def apps(
-    request: Request, services: Services, browser: BrowserSession, account: Account
+async def _apps_page(
+    services: Services,
+    browser: BrowserSession,
+    account: Account,
+    error: str | None = None,
+    notice: str | None = None,
 ) -> Response:
     names = {
         study.uid: f"{study.description} ({study.date})" if study.date else study.description
@@ -239,24 +253,36 @@ async def apps(
                 "until": str((grant.context or {}).get("consent_until", ""))[:10] or None,
             }
         )
-    notice = "Access withdrawn." if request.query_params.get("revoked") else None
     return render(
         "apps.html",
         services,
+        400 if error else 200,
         signed_in=True,
         csrf_token=browser.csrf_token,
         grants=grants,
+        error=error,
         notice=notice,
     )
 
 
 @signed_in
+async def apps(
+    request: Request, services: Services, browser: BrowserSession, account: Account
+) -> Response:
+    # The notice comes from the database, not from the address: only a grant of this
+    # patient that is withdrawn makes the page say so.
+    withdrawn = request.query_params.get("withdrawn", "")
+    app_name = await services.auth.tokens.withdrawn_app(withdrawn, account.id)
+    notice = f"Access withdrawn from {app_name}." if app_name else None
+    return await _apps_page(services, browser, account, notice=notice)
+
+
+@signed_in_form(_apps_page)
 async def revoke_app(
     request: Request, services: Services, browser: BrowserSession, account: Account
 ) -> Response:
-    revoked = await services.auth.tokens.revoke_for_account(
-        request.path_params["grant"], account.id
-    )
+    grant = request.path_params["grant"][:64]
+    revoked = await services.auth.tokens.revoke_for_account(grant, account.id)
     await services.audit.record(
         AuditEntry(
             category="consent",
@@ -264,10 +290,21 @@ async def revoke_app(
             outcome=200 if revoked else 404,
             user=account.id,
             patient=account.patient_fhir_id,
-            detail=f"grant {request.path_params['grant'][:64]}",
+            detail=f"grant {grant}",
         )
     )
-    return redirect(services, "/portal/apps?revoked=1")
+    if not revoked:
+        return message(
+            services,
+            404,
+            "Nothing to withdraw",
+            "That app is not one you allowed, or its access was already withdrawn.",
+            signed_in=True,
+            csrf_token=browser.csrf_token,
+            back="/portal/apps",
+            back_label="Back to my apps",
+        )
+    return redirect(services, f"/portal/apps?withdrawn={grant}")
 
 
 def routes() -> list[BaseRoute]:
