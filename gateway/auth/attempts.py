@@ -14,6 +14,7 @@ count, and a patient who signs in correctly uses none of the budget.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import update
@@ -51,27 +52,41 @@ class AttemptLimiter:
 
         The try stays taken (a failure) unless ``give_back`` returns it.
         """
+        for _ in range(ROUNDS):
+            async with self.sessions() as session:
+                await self.take_in(session, surface, address)
+                try:
+                    await session.commit()
+                    return
+                except IntegrityError:
+                    continue  # another replica made the window first: take the try there
+        raise TooManyAttempts(1)
+
+    def taking(self, surface: str, address: str) -> Callable[[AsyncSession], Awaitable[None]]:
+        """``take_in`` for another counter's transaction (``Accounts.sign_in(first=...)``)."""
+        return lambda session: self.take_in(session, surface, address)
+
+    async def take_in(self, session: AsyncSession, surface: str, address: str) -> None:
+        """``take`` inside the caller's transaction; the caller commits.
+
+        The first try of an address inserts its window, so the commit can raise
+        IntegrityError when another replica inserted it first: then take again.
+        """
         key = _key(surface, address)
         for _ in range(ROUNDS):
             now = utcnow()
-            async with self.sessions() as session:
-                if await self._count_in_window(session, key, now) or await self._restart(
-                    session, key, now
-                ):
-                    await session.commit()
-                    return
-                window = await session.get(AttemptWindow, key)
-                if window is None:
-                    session.add(AttemptWindow(key=key, window_start=now, failures=1))
-                    try:
-                        await session.commit()
-                        return
-                    except IntegrityError:
-                        continue  # another replica created it first: take the try there
-                await session.commit()
+            if await self._count_in_window(session, key, now) or await self._restart(
+                session, key, now
+            ):
+                return
+            window = await session.get(AttemptWindow, key, populate_existing=True)
+            if window is None:
+                session.add(AttemptWindow(key=key, window_start=now, failures=1))
+                return
             ends = as_utc(window.window_start) + WINDOW
             if window.failures >= self.limit and ends > now:
                 raise TooManyAttempts(max(1, int((ends - now).total_seconds())))
+            # Another replica changed the window between two statements: take again.
         raise TooManyAttempts(1)
 
     async def give_back(self, surface: str, address: str) -> None:

@@ -206,8 +206,30 @@ async def signin(request: Request) -> Response:
     if not csrf_ok(browser, fields.get("csrf_token")):
         return error_page("The form was not sent from this server's page.")
     attempts, address = services.auth.attempts, client_address(request)
+    # Taken with the account's try in one transaction: then a known access code costs no
+    # more database work than an unknown one.
+    first = attempts.taking("sign-in", address)
+    accounts = services.auth.accounts
+    account: Account | None = None
+    mode = fields.get("mode")
     try:
-        await attempts.take("sign-in", address)
+        if mode == "activate":
+            account = await accounts.activate(
+                fields.get("access_code", "").strip(),
+                fields.get("birth_date", "").strip(),
+                fields.get("passphrase", ""),
+                first=first,
+            )
+        elif mode == "practitioner":
+            account = await accounts.sign_in(
+                fields.get("username", "").strip(), fields.get("password", ""), first=first
+            )
+            account = account if account and account.kind == "practitioner" else None
+        else:
+            account = await accounts.sign_in(
+                fields.get("access_code", "").strip(), fields.get("passphrase", ""), first=first
+            )
+            account = account if account and account.kind == "patient" else None
     except TooManyAttempts as exc:
         minutes = max(1, exc.retry_after // 60)
         answer = await _signin_page(
@@ -220,28 +242,7 @@ async def signin(request: Request) -> Response:
         )
         answer.headers["Retry-After"] = str(exc.retry_after)
         return answer
-    accounts = services.auth.accounts
-    account: Account | None = None
-    mode = fields.get("mode")
-    try:
-        if mode == "activate":
-            account = await accounts.activate(
-                fields.get("access_code", "").strip(),
-                fields.get("birth_date", "").strip(),
-                fields.get("passphrase", ""),
-            )
-        elif mode == "practitioner":
-            account = await accounts.sign_in(
-                fields.get("username", "").strip(), fields.get("password", "")
-            )
-            account = account if account and account.kind == "practitioner" else None
-        else:
-            account = await accounts.sign_in(
-                fields.get("access_code", "").strip(), fields.get("passphrase", "")
-            )
-            account = account if account and account.kind == "patient" else None
     except AccountError as exc:
-        await attempts.give_back("sign-in", address)  # refused before any secret was checked
         return await _signin_page(services, browser, pending, request_id, str(exc), 400)
     await audit_sign_in(services, account, mode or "patient")
     if account is None:

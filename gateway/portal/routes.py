@@ -62,22 +62,25 @@ async def signin(request: Request) -> Response:
             "signin.html", services, 400, csrf_token=browser.csrf_token, error="Please try again."
         )
     attempts, address = services.auth.attempts, client_address(request)
-    try:
-        await attempts.take("sign-in", address)
-    except TooManyAttempts as exc:
-        return too_many(services, exc, "signin.html", csrf_token=browser.csrf_token)
+    # Taken with the account's try in one transaction: then a known access code costs no
+    # more database work than an unknown one.
+    first = attempts.taking("sign-in", address)
     accounts = services.auth.accounts
     code = str(fields.get("access_code", "")).strip()
     mode = fields.get("mode")
     try:
         if mode == "activate":
             account = await accounts.activate(
-                code, str(fields.get("birth_date", "")).strip(), str(fields.get("passphrase", ""))
+                code,
+                str(fields.get("birth_date", "")).strip(),
+                str(fields.get("passphrase", "")),
+                first=first,
             )
         else:
-            account = await accounts.sign_in(code, str(fields.get("passphrase", "")))
+            account = await accounts.sign_in(code, str(fields.get("passphrase", "")), first=first)
+    except TooManyAttempts as exc:
+        return too_many(services, exc, "signin.html", csrf_token=browser.csrf_token)
     except AccountError as exc:
-        await attempts.give_back("sign-in", address)  # refused before any secret was checked
         return render("signin.html", services, 400, csrf_token=browser.csrf_token, error=str(exc))
     account = account if account is not None and account.kind == "patient" else None
     await audit_sign_in(services, account, str(mode or "patient"))

@@ -120,8 +120,10 @@ def test_five_wrong_answers_in_a_row_lock_and_a_right_one_resets(roomy: Harness)
     patient = enroll(roomy)
     for _ in range(4):
         assert portal_sign_in(roomy.client, patient.code, "wrong passphrase") == 401
+    # The fifth try locks as it is taken; its right answer lifts the lock and resets the count.
     assert portal_sign_in(roomy.client, patient.code) == 303
-    assert stored_account(roomy, patient.account_id).failed_attempts == 0
+    account = stored_account(roomy, patient.account_id)
+    assert (account.failed_attempts, account.locked_until) == (0, None)
     roomy.client.cookies.clear()
     for _ in range(5):
         assert portal_sign_in(roomy.client, patient.code, "wrong passphrase") == 401
