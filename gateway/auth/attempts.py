@@ -36,6 +36,13 @@ class TooManyAttempts(Exception):
         super().__init__(f"too many failed attempts; retry after {retry_after} s")
         self.retry_after = retry_after
 
+    @property
+    def advice(self) -> str:
+        """For a page: the wait in whole minutes, rounded up (a try sooner is refused)."""
+        minutes = -(-self.retry_after // 60)
+        wait = "1 minute" if minutes == 1 else f"{minutes} minutes"
+        return f"Too many failed attempts from this connection. Try again in {wait}."
+
 
 def client_address(request: Request) -> str:
     """The peer address (behind a proxy, run uvicorn with --forwarded-allow-ips)."""

@@ -231,15 +231,7 @@ async def signin(request: Request) -> Response:
             )
             account = account if account and account.kind == "patient" else None
     except TooManyAttempts as exc:
-        minutes = max(1, exc.retry_after // 60)
-        answer = await _signin_page(
-            services,
-            browser,
-            pending,
-            request_id,
-            f"Too many failed attempts from this connection. Try again in {minutes} minutes.",
-            429,
-        )
+        answer = await _signin_page(services, browser, pending, request_id, exc.advice, 429)
         answer.headers["Retry-After"] = str(exc.retry_after)
         return answer
     except AccountError as exc:

@@ -101,13 +101,12 @@ async def form_fields(request: Request, max_fields: int = 32) -> dict[str, Any]:
 
 
 def too_many(services: Services, exc: TooManyAttempts, template: str, **values: str) -> Response:
-    minutes = max(1, exc.retry_after // 60)
     return render(
         template,
         services,
         429,
         headers={"Retry-After": str(exc.retry_after)},
-        error=f"Too many failed attempts from this connection. Try again in {minutes} minutes.",
+        error=exc.advice,
         **values,
     )
 
