@@ -250,3 +250,25 @@ def test_closing_shared_studies_says_what_happened(harness: Harness, client: Tes
     closed = client.post("/share/view/close", data={"csrf_token": hidden(view, "csrf_token")})
     assert closed.status_code == 200 and "You closed the shared studies" in closed.text
     assert client.get("/share/view").status_code == 401
+
+
+def test_activity_does_not_call_a_refused_withdrawal_done(
+    tmp_path: Path, embedded_data_dir: Path
+) -> None:
+    with portal_harness(
+        tmp_path, embedded_data_dir, Clock(), release_waiver_allowed=False
+    ) as fresh:
+        client = fresh.client
+        assert portal_sign_in(client, enroll(fresh).code) == 303
+        assert post(client, f"/portal/apps/{UNKNOWN_ID}/revoke").status_code == 404
+        assert post(client, f"/portal/shares/{UNKNOWN_ID}/revoke").status_code == 404
+        assert post(client, "/portal/waive").status_code == 403
+        activity = client.get("/portal/activity").text
+    for done in ("You withdrew an app", "You withdrew a share link", "You chose to see new"):
+        assert done not in activity, done
+    for tried in (
+        "You tried to withdraw an app&#39;s access: nothing to withdraw",
+        "You tried to withdraw a share link: nothing to withdraw",
+        "You asked to see new results at once: not offered here",
+    ):
+        assert tried in activity, tried
