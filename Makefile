@@ -12,7 +12,8 @@ test-fast:   ## unit tests only: no Orthanc, no PostgreSQL
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy && .venv/bin/lint-imports
 
-bench:       ## FHIR search and DICOMweb vs direct Orthanc; the per-request token check
+bench:       ## FHIR search and DICOMweb vs direct Orthanc; the per-request token check; sign-in timing
 	.venv/bin/python bench/fhir_search.py
 	.venv/bin/python bench/dicomweb.py
 	.venv/bin/python bench/token_check.py
+	.venv/bin/python bench/signin_timing.py

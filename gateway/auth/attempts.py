@@ -1,15 +1,21 @@
-"""Failed guesses per client address: the rate limit on every secret-guessing surface.
+"""Guesses per client address: the rate limit on every secret-guessing surface.
 
 Each account and each share link locks itself after five wrong answers; this
 limit is the other half, against one address trying many access codes or many
 links. Counters live in the database (fixed 15-minute windows), so every
-replica counts the same guesses. Only failures count: a patient who signs in
-correctly is never slowed down by others behind the same address.
+replica counts the same guesses.
+
+A guess first takes a try from its address's window with one conditional
+``UPDATE`` (``failures < limit``), *before* the secret is checked: parallel
+guesses cannot get more tries than the window holds, on SQLite as on
+PostgreSQL. A right answer gives its try back, so in the end only failures
+count, and a patient who signs in correctly uses none of the budget.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
@@ -19,6 +25,8 @@ from starlette.requests import Request
 from gateway.store.models import AttemptWindow, as_utc, utcnow
 
 WINDOW = timedelta(minutes=15)
+# Taking a try loops only when another replica changes the window between two statements.
+ROUNDS = 8
 
 
 class TooManyAttempts(Exception):
@@ -27,6 +35,13 @@ class TooManyAttempts(Exception):
     def __init__(self, retry_after: int) -> None:
         super().__init__(f"too many failed attempts; retry after {retry_after} s")
         self.retry_after = retry_after
+
+    @property
+    def advice(self) -> str:
+        """For a page: the wait in whole minutes, rounded up (a try sooner is refused)."""
+        minutes = -(-self.retry_after // 60)
+        wait = "1 minute" if minutes == 1 else f"{minutes} minutes"
+        return f"Too many failed attempts from this connection. Try again in {wait}."
 
 
 def client_address(request: Request) -> str:
@@ -39,40 +54,82 @@ class AttemptLimiter:
         self.sessions = sessions
         self.limit = limit
 
-    async def check(self, surface: str, address: str) -> None:
-        """Raise TooManyAttempts when this address used up its failures for now."""
-        async with self.sessions() as session:
-            window = await session.get(AttemptWindow, _key(surface, address))
-        if window is None:
-            return
-        ends = as_utc(window.window_start) + WINDOW
-        now = utcnow()
-        if window.failures >= self.limit and ends > now:
-            raise TooManyAttempts(max(1, int((ends - now).total_seconds())))
+    async def take(self, surface: str, address: str) -> None:
+        """Take one try before a secret is checked; TooManyAttempts when none is left.
 
-    async def failed(self, surface: str, address: str) -> None:
-        """Count one failure (a new window starts when the last one is over)."""
-        key, now = _key(surface, address), utcnow()
+        The try stays taken (a failure) unless ``give_back`` returns it.
+        """
+        for _ in range(ROUNDS):
+            async with self.sessions() as session:
+                await self.take_in(session, surface, address)
+                try:
+                    await session.commit()
+                    return
+                except IntegrityError:
+                    continue  # another replica made the window first: take the try there
+        raise TooManyAttempts(1)
+
+    def taking(self, surface: str, address: str) -> Callable[[AsyncSession], Awaitable[None]]:
+        """``take_in`` for another counter's transaction (``Accounts.sign_in(first=...)``)."""
+        return lambda session: self.take_in(session, surface, address)
+
+    async def take_in(self, session: AsyncSession, surface: str, address: str) -> None:
+        """``take`` inside the caller's transaction; the caller commits.
+
+        The first try of an address inserts its window, so the commit can raise
+        IntegrityError when another replica inserted it first: then take again.
+        """
+        key = _key(surface, address)
+        for _ in range(ROUNDS):
+            now = utcnow()
+            if await self._count_in_window(session, key, now) or await self._restart(
+                session, key, now
+            ):
+                return
+            window = await session.get(AttemptWindow, key, populate_existing=True)
+            if window is None:
+                session.add(AttemptWindow(key=key, window_start=now, failures=1))
+                return
+            ends = as_utc(window.window_start) + WINDOW
+            if window.failures >= self.limit and ends > now:
+                raise TooManyAttempts(max(1, int((ends - now).total_seconds())))
+            # Another replica changed the window between two statements: take again.
+        raise TooManyAttempts(1)
+
+    async def give_back(self, surface: str, address: str) -> None:
+        """A right answer: its try no longer counts against the address."""
         async with self.sessions() as session:
-            # One atomic UPDATE per case, so concurrent failures on replicas all count.
-            counted = await session.execute(
+            await session.execute(
                 update(AttemptWindow)
-                .where(AttemptWindow.key == key, AttemptWindow.window_start > now - WINDOW)
-                .values(failures=AttemptWindow.failures + 1)
-            )
-            if counted.rowcount == 0:  # type: ignore[attr-defined]
-                restarted = await session.execute(
-                    update(AttemptWindow)
-                    .where(AttemptWindow.key == key)
-                    .values(window_start=now, failures=1)
+                .where(
+                    AttemptWindow.key == _key(surface, address),
+                    AttemptWindow.window_start > utcnow() - WINDOW,
+                    AttemptWindow.failures > 0,
                 )
-                if restarted.rowcount == 0:  # type: ignore[attr-defined]
-                    session.add(AttemptWindow(key=key, window_start=now, failures=1))
-            try:
-                await session.commit()
-            except IntegrityError:
-                await session.rollback()  # another replica created it first: count there
-                await self.failed(surface, address)
+                .values(failures=AttemptWindow.failures - 1)
+            )
+            await session.commit()
+
+    async def _count_in_window(self, session: AsyncSession, key: str, now: datetime) -> bool:
+        counted = await session.execute(
+            update(AttemptWindow)
+            .where(
+                AttemptWindow.key == key,
+                AttemptWindow.window_start > now - WINDOW,
+                AttemptWindow.failures < self.limit,
+            )
+            .values(failures=AttemptWindow.failures + 1)
+        )
+        return bool(counted.rowcount)  # type: ignore[attr-defined]
+
+    async def _restart(self, session: AsyncSession, key: str, now: datetime) -> bool:
+        """The window is over: this try is the first of a new one."""
+        restarted = await session.execute(
+            update(AttemptWindow)
+            .where(AttemptWindow.key == key, AttemptWindow.window_start <= now - WINDOW)
+            .values(window_start=now, failures=1)
+        )
+        return bool(restarted.rowcount)  # type: ignore[attr-defined]
 
 
 def _key(surface: str, address: str) -> str:

@@ -206,21 +206,10 @@ async def signin(request: Request) -> Response:
         return error_page("The sign-in request has expired or belongs to another browser.")
     if not csrf_ok(browser, fields.get("csrf_token")):
         return error_page("The form was not sent from this server's page.")
-    address = client_address(request)
-    try:
-        await services.auth.attempts.check("sign-in", address)
-    except TooManyAttempts as exc:
-        minutes = max(1, exc.retry_after // 60)
-        answer = await _signin_page(
-            services,
-            browser,
-            pending,
-            request_id,
-            f"Too many failed attempts from this connection. Try again in {minutes} minutes.",
-            429,
-        )
-        answer.headers["Retry-After"] = str(exc.retry_after)
-        return answer
+    attempts, address = services.auth.attempts, client_address(request)
+    # Taken with the account's try in one transaction: then a known access code costs no
+    # more database work than an unknown one.
+    first = attempts.taking("sign-in", address)
     accounts = services.auth.accounts
     account: Account | None = None
     mode = fields.get("mode")
@@ -230,23 +219,28 @@ async def signin(request: Request) -> Response:
                 fields.get("access_code", "").strip(),
                 fields.get("birth_date", "").strip(),
                 fields.get("passphrase", ""),
+                first=first,
             )
         elif mode == "practitioner":
             account = await accounts.sign_in(
-                fields.get("username", "").strip(), fields.get("password", "")
+                fields.get("username", "").strip(), fields.get("password", ""), first=first
             )
             account = account if account and account.kind == "practitioner" else None
         else:
             account = await accounts.sign_in(
-                fields.get("access_code", "").strip(), fields.get("passphrase", "")
+                fields.get("access_code", "").strip(), fields.get("passphrase", ""), first=first
             )
             account = account if account and account.kind == "patient" else None
+    except TooManyAttempts as exc:
+        answer = await _signin_page(services, browser, pending, request_id, exc.advice, 429)
+        answer.headers["Retry-After"] = str(exc.retry_after)
+        return answer
     except AccountError as exc:
         return await _signin_page(services, browser, pending, request_id, str(exc), 400)
     await audit_sign_in(services, account, mode or "patient")
     if account is None:
-        await services.auth.attempts.failed("sign-in", address)
         return await _signin_page(services, browser, pending, request_id, SIGN_IN_FAILED, 401)
+    await attempts.give_back("sign-in", address)
     cookie, _ = await services.auth.browser_sessions.sign_in(browser, account.id)
     response = RedirectResponse(
         f"{services.settings.oauth_base_url}/consent?request={request_id}",

@@ -371,6 +371,21 @@ class TokenService:
             await session.commit()
         return True
 
+    async def withdrawn_app(self, grant_id: str, account_id: str) -> str | None:
+        """The app's name if ``grant_id`` is the account's own grant and was withdrawn."""
+        if not grant_id:
+            return None
+        async with self.sessions() as session:
+            return await session.scalar(
+                select(OAuthClient.name)
+                .join(Grant, Grant.client_id == OAuthClient.client_id)
+                .where(
+                    Grant.id == grant_id[:64],
+                    Grant.account_id == account_id,
+                    Grant.revoked_at.is_not(None),
+                )
+            )
+
     async def _revoke_grant(self, session: AsyncSession, grant_id: str) -> None:
         now = utcnow()
         await session.execute(

@@ -42,6 +42,13 @@ WHAT = {
     ("admin", "enroll"): "Staff enrolled you",
     ("admin", "letter"): "Staff printed your enrollment letter",
 }
+# The patient's own acts that were refused: "You withdrew ..." beside "Refused" would
+# say it happened.
+REFUSED = {
+    ("consent", "revoke"): "You tried to withdraw an app's access: nothing to withdraw",
+    ("consent", "waive-delay"): "You asked to see new results at once: not offered here",
+    ("share", "revoke"): "You tried to withdraw a share link: nothing to withdraw",
+}
 
 
 @signed_in
@@ -60,7 +67,7 @@ async def activity(
         {
             "when": moment(record.recorded),
             "who": _who(record, apps, shares),
-            "what": WHAT.get((record.category, record.action), record.action),
+            "what": _what(record),
             "study": studies.get(record.study, "a study") if record.study else None,
             "result": "Done" if record.outcome < 400 else "Refused",
         }
@@ -76,6 +83,13 @@ async def activity(
         newer=page - 1 if page > 1 else None,
         older=page + 1 if page * PAGE_SIZE < total else None,
     )
+
+
+def _what(record: AuditRecord) -> str:
+    key = (record.category, record.action)
+    if record.outcome >= 400 and key in REFUSED:
+        return REFUSED[key]
+    return WHAT.get(key, record.action)
 
 
 def _who(record: AuditRecord, apps: dict[str, str], shares: dict[str, str]) -> str:

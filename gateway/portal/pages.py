@@ -37,6 +37,10 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 Handler = Callable[[Request, Services, BrowserSession, Account], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response]]
+# A page that holds a form, shown again (status 400) with this error when the form was stale.
+FormPage = Callable[[Services, BrowserSession, Account, str], Awaitable[Response]]
+STALE_FORM = "That form was out of date, so nothing was changed. Please try again."
 
 
 def render(
@@ -55,7 +59,10 @@ def render(
 
 
 def message(services: Services, status: int, title: str, text: str, **values: Any) -> HTMLResponse:
-    """A page that only says something (not found, not yet, ended ...)."""
+    """A page that only says something (not found, not yet, ended ...).
+
+    ``back`` and ``back_label`` make its way back, when it is not "my studies".
+    """
     return render("message.html", services, status, title=title, message=text, **values)
 
 
@@ -103,13 +110,12 @@ async def form_fields(request: Request, max_fields: int = 32) -> dict[str, Any]:
 
 
 def too_many(services: Services, exc: TooManyAttempts, template: str, **values: str) -> Response:
-    minutes = max(1, exc.retry_after // 60)
     return render(
         template,
         services,
         429,
         headers={"Retry-After": str(exc.retry_after)},
-        error=f"Too many failed attempts from this connection. Try again in {minutes} minutes.",
+        error=exc.advice,
         **values,
     )
 
@@ -126,13 +132,26 @@ def zip_response(chunks: AsyncIterator[bytes], name: str) -> StreamingResponse:
     )
 
 
-def signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+def signed_in(handler: Handler) -> Endpoint:
     """Pages for a signed-in patient; everyone else goes to the sign-in page.
 
     A POST must carry the session's CSRF token; its form is then parsed once and
-    left in ``request.state.form``.
+    left in ``request.state.form``. Without it, nothing is done and a page says so.
     """
+    return _signed_in(handler, None)
 
+
+def signed_in_form(page: FormPage) -> Callable[[Handler], Endpoint]:
+    """A form that a signed-in patient posts from ``page``.
+
+    A stale CSRF token (a form from an earlier session, say) does nothing, keeps
+    the patient signed in, and shows ``page`` again, with a form that works and
+    a word on what happened.
+    """
+    return lambda handler: _signed_in(handler, page)
+
+
+def _signed_in(handler: Handler, page: FormPage | None) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         services: Services = request.state.services
         found = await portal_patient(services, request.cookies.get(PORTAL_COOKIE))
@@ -142,7 +161,16 @@ def signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         if request.method == "POST":
             fields = await form_fields(request, max_fields=512)
             if not csrf_ok(browser, fields.get("csrf_token")):
-                return render("signin.html", services, 400, error="Please try again.")
+                if page is not None:
+                    return await page(services, browser, account, STALE_FORM)
+                return message(
+                    services,
+                    400,
+                    "Please try again",
+                    STALE_FORM,
+                    signed_in=True,
+                    csrf_token=browser.csrf_token,
+                )
             request.state.form = fields
         return await handler(request, services, browser, account)
 

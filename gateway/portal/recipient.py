@@ -24,6 +24,7 @@ from gateway.dicomweb import routes as dicomweb_routes
 from gateway.errors import Held, NotFound
 from gateway.portal.gates import SHARE_COOKIE, ImageGate, opened_share
 from gateway.portal.pages import (
+    STALE_FORM,
     form_fields,
     image_number,
     message,
@@ -40,10 +41,13 @@ from gateway.services import Services
 from gateway.store.models import BrowserSession, ShareLink
 
 IMAGES = "/share/dicomweb"
+# One answer for every link that does not open, whatever the reason: a recipient (or someone
+# holding a stolen link) learns nothing about its state from it.
 NOT_VALID = (
-    "This share link is not valid: it may have expired, or the patient may have withdrawn it."
+    "This share link is not valid: it may be mistyped, it may have expired or been locked "
+    "after too many wrong PINs, or the patient may have withdrawn it. "
+    "Ask the patient for a new link."
 )
-LOCKED = "This share link is locked after too many wrong PINs. Ask the patient for a new link."
 SESSION_OVER = "Your access to these studies has ended. Open the share link again to continue."
 
 
@@ -72,11 +76,8 @@ async def open_share(request: Request) -> Response:
     """The link itself: the PIN form, and its answer."""
     services: Services = request.state.services
     share = await services.shares.by_token(request.path_params["token"])
-    state = state_of(share, services.shares.clock()) if share else None
-    if share is None or state in (ShareState.expired, ShareState.revoked):
+    if share is None or state_of(share, services.shares.clock()) is not ShareState.active:
         return _ended(services, 404, NOT_VALID)
-    if state is ShareState.locked:
-        return _ended(services, 403, LOCKED)
     sessions = services.auth.browser_sessions
     browser = await sessions.load(request.cookies.get(SHARE_COOKIE))
     cookie = None
@@ -91,22 +92,24 @@ async def open_share(request: Request) -> Response:
     fields = await form_fields(request, max_fields=8)
     if not csrf_ok(browser, fields.get("csrf_token")):
         return render("share_pin.html", services, 400, error="Please try again.", **values)
-    address = client_address(request)
+    attempts, address = services.auth.attempts, client_address(request)
     try:
-        await services.auth.attempts.check("share-pin", address)
+        await attempts.take("share-pin", address)
     except TooManyAttempts as exc:
         return too_many(services, exc, "share_pin.html", **values)
     checked = await services.shares.check_pin(share, str(fields.get("pin", "")))
     if checked is PinCheck.opened:
         await _audit(services, share, "open", 200)
+        await attempts.give_back("share-pin", address)
         new_cookie, _ = await sessions.open_share(browser, share.id)
         response = redirect(services, "/share/view")
         set_cookie(response, services, SHARE_COOKIE, new_cookie, "/share")
         return response
-    await services.auth.attempts.failed("share-pin", address)
     if checked is PinCheck.locked:
         await _audit(services, share, "locked", 403)
-        return _ended(services, 403, LOCKED)
+        # Told apart only on the patient's Shares page: to the recipient, a locked link is
+        # one more link that does not open.
+        return _ended(services, 404, NOT_VALID)
     await _audit(services, share, "pin-failure", 401)
     stored = await services.shares.get(share.id)
     left = MAX_PIN_FAILURES - (stored.failed_pins if stored else MAX_PIN_FAILURES)
@@ -191,12 +194,21 @@ async def download(request: Request) -> Response:
 async def close(request: Request) -> Response:
     """The recipient closes the studies (on a shared computer, say)."""
     services: Services = request.state.services
-    found = await services.auth.browser_sessions.load(request.cookies.get(SHARE_COOKIE))
+    sessions = services.auth.browser_sessions
+    found = await sessions.load(request.cookies.get(SHARE_COOKIE))
+    share = await services.shares.active(found.share_id) if found else None
     fields = await form_fields(request, max_fields=8)
-    if found is not None and csrf_ok(found, fields.get("csrf_token")):
-        await services.auth.browser_sessions.end(found)
+    if found is not None and share is not None and not csrf_ok(found, fields.get("csrf_token")):
+        # A stale form closes nothing: the studies stay open, with a Close button that works.
+        return message(services, 400, "Please try again", STALE_FORM, **_header(found, share))
+    if found is not None:
+        await sessions.end(found)
     response = _ended(
-        services, 200, "You closed the shared studies. The link opens again with its PIN."
+        services,
+        200,
+        "You closed the shared studies. The link opens again with its PIN."
+        if share is not None
+        else "No shared studies are open in this browser. The link opens them with its PIN.",
     )
     response.delete_cookie(SHARE_COOKIE, path="/share")
     return response

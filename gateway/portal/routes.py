@@ -33,6 +33,7 @@ from gateway.portal.pages import (
     render,
     set_cookie,
     signed_in,
+    signed_in_form,
     too_many,
     zip_response,
 )
@@ -61,30 +62,34 @@ async def signin(request: Request) -> Response:
         return render(
             "signin.html", services, 400, csrf_token=browser.csrf_token, error="Please try again."
         )
-    address = client_address(request)
-    try:
-        await services.auth.attempts.check("sign-in", address)
-    except TooManyAttempts as exc:
-        return too_many(services, exc, "signin.html", csrf_token=browser.csrf_token)
+    attempts, address = services.auth.attempts, client_address(request)
+    # Taken with the account's try in one transaction: then a known access code costs no
+    # more database work than an unknown one.
+    first = attempts.taking("sign-in", address)
     accounts = services.auth.accounts
     code = str(fields.get("access_code", "")).strip()
     mode = fields.get("mode")
     try:
         if mode == "activate":
             account = await accounts.activate(
-                code, str(fields.get("birth_date", "")).strip(), str(fields.get("passphrase", ""))
+                code,
+                str(fields.get("birth_date", "")).strip(),
+                str(fields.get("passphrase", "")),
+                first=first,
             )
         else:
-            account = await accounts.sign_in(code, str(fields.get("passphrase", "")))
+            account = await accounts.sign_in(code, str(fields.get("passphrase", "")), first=first)
+    except TooManyAttempts as exc:
+        return too_many(services, exc, "signin.html", csrf_token=browser.csrf_token)
     except AccountError as exc:
         return render("signin.html", services, 400, csrf_token=browser.csrf_token, error=str(exc))
     account = account if account is not None and account.kind == "patient" else None
     await audit_sign_in(services, account, str(mode or "patient"))
     if account is None:
-        await services.auth.attempts.failed("sign-in", address)
         return render(
             "signin.html", services, 401, csrf_token=browser.csrf_token, error=SIGN_IN_FAILED
         )
+    await attempts.give_back("sign-in", address)
     new_cookie, _ = await sessions.sign_in(browser, account.id)
     response: Response = redirect(services, "/portal/")
     set_cookie(response, services, PORTAL_COOKIE, new_cookie, "/portal")
@@ -208,12 +213,25 @@ async def waive(
             patient=account.patient_fhir_id,
         )
     )
+    if not done:
+        return message(
+            services,
+            403,
+            "Not available",
+            "Seeing new results at once is not offered here, so nothing was changed. "
+            "New results reach you when their waiting time is over.",
+            signed_in=True,
+            csrf_token=browser.csrf_token,
+        )
     return redirect(services, "/portal/")
 
 
-@signed_in
-async def apps(
-    request: Request, services: Services, browser: BrowserSession, account: Account
+async def _apps_page(
+    services: Services,
+    browser: BrowserSession,
+    account: Account,
+    error: str | None = None,
+    notice: str | None = None,
 ) -> Response:
     access = await patient_access(services, account.patient_fhir_id or "")
     names = {
@@ -239,24 +257,36 @@ async def apps(
                 "until": str((grant.context or {}).get("consent_until", ""))[:10] or None,
             }
         )
-    notice = "Access withdrawn." if request.query_params.get("revoked") else None
     return render(
         "apps.html",
         services,
+        400 if error else 200,
         signed_in=True,
         csrf_token=browser.csrf_token,
         grants=grants,
+        error=error,
         notice=notice,
     )
 
 
 @signed_in
+async def apps(
+    request: Request, services: Services, browser: BrowserSession, account: Account
+) -> Response:
+    # The notice comes from the database, not from the address: only a grant of this
+    # patient that is withdrawn makes the page say so.
+    withdrawn = request.query_params.get("withdrawn", "")
+    app_name = await services.auth.tokens.withdrawn_app(withdrawn, account.id)
+    notice = f"Access withdrawn from {app_name}." if app_name else None
+    return await _apps_page(services, browser, account, notice=notice)
+
+
+@signed_in_form(_apps_page)
 async def revoke_app(
     request: Request, services: Services, browser: BrowserSession, account: Account
 ) -> Response:
-    revoked = await services.auth.tokens.revoke_for_account(
-        request.path_params["grant"], account.id
-    )
+    grant = request.path_params["grant"][:64]
+    revoked = await services.auth.tokens.revoke_for_account(grant, account.id)
     await services.audit.record(
         AuditEntry(
             category="consent",
@@ -264,10 +294,21 @@ async def revoke_app(
             outcome=200 if revoked else 404,
             user=account.id,
             patient=account.patient_fhir_id,
-            detail=f"grant {request.path_params['grant'][:64]}",
+            detail=f"grant {grant}",
         )
     )
-    return redirect(services, "/portal/apps?revoked=1")
+    if not revoked:
+        return message(
+            services,
+            404,
+            "Nothing to withdraw",
+            "That app is not one you allowed, or its access was already withdrawn.",
+            signed_in=True,
+            csrf_token=browser.csrf_token,
+            back="/portal/apps",
+            back_label="Back to my apps",
+        )
+    return redirect(services, f"/portal/apps?withdrawn={grant}")
 
 
 def routes() -> list[BaseRoute]:

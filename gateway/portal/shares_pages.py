@@ -18,7 +18,7 @@ from gateway.auth import jacket
 from gateway.authorization import patient_access
 from gateway.errors import NotRecorded
 from gateway.mail import MailError, share_message
-from gateway.portal.pages import moment, redirect, render, signed_in
+from gateway.portal.pages import message, moment, redirect, render, signed_in, signed_in_form
 from gateway.portal.shares import ShareError, ShareState, creation_entry, state_of
 from gateway.services import Services
 from gateway.store.models import Account, BrowserSession
@@ -42,31 +42,38 @@ async def _page(
     services: Services,
     browser: BrowserSession,
     account: Account,
-    status: int = 200,
     error: str | None = None,
-    notice: str | None = None,
+    withdrawn: str | None = None,
     entered: dict[str, Any] | None = None,
 ) -> Response:
+    """The Shares page; ``error`` makes it a 400; ``withdrawn`` is a share id the patient
+    was sent back with after withdrawing it."""
     now = services.shares.clock()
-    shares = [
-        {
-            "id": share.id,
-            "state": STATE_WORDS[state.value],
-            "active": state is ShareState.active,
-            "label": share.label or "(no name given)",
-            "email": share.email,
-            "studies": len(share.studies),
-            "created": moment(share.created_at),
-            "expires": moment(share.expires_at),
-            "opened": moment(share.last_opened_at) if share.last_opened_at else None,
-        }
-        for share in await services.shares.of_account(account.id)
-        for state in (state_of(share, now),)
-    ]
+    notice = None
+    shares = []
+    for share in await services.shares.of_account(account.id):
+        state = state_of(share, now)
+        label = share.label or "(no name given)"
+        shares.append(
+            {
+                "id": share.id,
+                "state": STATE_WORDS[state.value],
+                "active": state is ShareState.active,
+                "label": label,
+                "email": share.email,
+                "studies": len(share.studies),
+                "created": moment(share.created_at),
+                "expires": moment(share.expires_at),
+                "opened": moment(share.last_opened_at) if share.last_opened_at else None,
+            }
+        )
+        # Said only of the patient's own share, and only once it is withdrawn indeed.
+        if share.id == withdrawn and state is ShareState.revoked:
+            notice = f"The share link for {label} was withdrawn."
     return render(
         "shares.html",
         services,
-        status,
+        400 if error else 200,
         signed_in=True,
         csrf_token=browser.csrf_token,
         shares=shares,
@@ -84,11 +91,10 @@ async def _page(
 async def shares(
     request: Request, services: Services, browser: BrowserSession, account: Account
 ) -> Response:
-    notice = "The share link was withdrawn." if request.query_params.get("revoked") else None
-    return await _page(services, browser, account, notice=notice)
+    return await _page(services, browser, account, withdrawn=request.query_params.get("withdrawn"))
 
 
-@signed_in
+@signed_in_form(_page)
 async def create(
     request: Request, services: Services, browser: BrowserSession, account: Account
 ) -> Response:
@@ -108,7 +114,7 @@ async def create(
             email=str(fields.get("email", "")),
         )
     except ShareError as exc:
-        return await _page(services, browser, account, 400, error=str(exc), entered=fields)
+        return await _page(services, browser, account, str(exc), entered=fields)
     share = created.share
     try:
         await services.audit.record(creation_entry(share, account.id))
@@ -154,7 +160,7 @@ async def create(
     )
 
 
-@signed_in
+@signed_in_form(_page)
 async def revoke(
     request: Request, services: Services, browser: BrowserSession, account: Account
 ) -> Response:
@@ -170,7 +176,18 @@ async def revoke(
             detail=f"share {share_id}",
         )
     )
-    return redirect(services, "/portal/shares?revoked=1")
+    if not revoked:
+        return message(
+            services,
+            404,
+            "Nothing to withdraw",
+            "That share link is not one of yours, or it was already withdrawn.",
+            signed_in=True,
+            csrf_token=browser.csrf_token,
+            back="/portal/shares",
+            back_label="Back to my share links",
+        )
+    return redirect(services, f"/portal/shares?withdrawn={share_id}")
 
 
 def routes() -> list[BaseRoute]:

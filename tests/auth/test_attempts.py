@@ -118,12 +118,32 @@ def test_share_pins_have_their_own_counter(harness: Harness, patient: Patient) -
     assert portal_sign_in(client, patient.code) == 303
 
 
-def _age_windows(harness: Harness) -> None:
-    async def age() -> None:
+def test_the_wait_is_said_in_whole_minutes_rounded_up(harness: Harness, patient: Patient) -> None:
+    client = harness.client
+    for _ in range(LIMIT):
+        assert portal_sign_in(client, "12345678", "wrong passphrase!") == 401
+    for age, words in (
+        (timedelta(minutes=13, seconds=1), "Try again in 2 minutes."),  # 119 s left
+        (timedelta(minutes=14, seconds=30), "Try again in 1 minute."),
+    ):
+        _age_windows(harness, age)
+        page = client.get("/portal/signin")
+        blocked = client.post(
+            "/portal/signin",
+            data={
+                "csrf_token": hidden(page.text, "csrf_token"),
+                "mode": "patient",
+                "access_code": patient.code,
+                "passphrase": PASSPHRASE,
+            },
+        )
+        assert blocked.status_code == 429 and words in blocked.text, blocked.text
+
+
+def _age_windows(harness: Harness, age: timedelta = timedelta(minutes=16)) -> None:
+    async def run() -> None:
         async with harness.services.database.sessions() as session:
-            await session.execute(
-                update(AttemptWindow).values(window_start=utcnow() - timedelta(minutes=16))
-            )
+            await session.execute(update(AttemptWindow).values(window_start=utcnow() - age))
             await session.commit()
 
-    harness.call(age)
+    harness.call(run)

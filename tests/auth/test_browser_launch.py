@@ -117,7 +117,7 @@ def test_patient_activates_and_shares_two_studies(gateway_with_viewer: dict[str,
             portal.get_by_role("link", name="Apps").click()
             portal.screenshot(path=str(ARTIFACTS / "portal-apps.png"), full_page=True)
             portal.get_by_role("button", name="Revoke Demo viewer").click()
-            portal.wait_for_url("**/portal/apps?revoked=1")
+            portal.wait_for_url("**/portal/apps?withdrawn=*")
             assert "No app can see your images" in portal.inner_text("main")
             # The viewer's token is refused from now on.
             refused = page.evaluate(

@@ -213,7 +213,8 @@ def test_a_patients_journey(served: dict[str, Any]) -> None:
             assert patient.locator("tbody td:nth-child(3) li").count() == 2
             shot(patient, "journey-4b-apps")
             patient.get_by_role("button", name="Revoke Demo viewer").click()
-            patient.wait_for_url("**/portal/apps?revoked=1")
+            patient.wait_for_url("**/portal/apps?withdrawn=*")
+            assert "Access withdrawn from Demo viewer." in patient.inner_text("main")
             assert httpx.get(f"{base}/fhir/ImagingStudy", headers=headers).status_code == 401
 
             # 5. A share link for a physician: the link and PIN are shown once.
@@ -265,7 +266,8 @@ def test_a_patients_journey(served: dict[str, Any]) -> None:
             patient.goto(f"{base}/portal/shares")
             assert "Locked after 5 wrong PINs" in patient.inner_text("main")
             patient.get_by_role("button", name="Withdraw the share for Dr. Recipient").click()
-            patient.wait_for_url("**/portal/shares?revoked=1")
+            patient.wait_for_url("**/portal/shares?withdrawn=*")
+            assert "The share link for Dr. Recipient was withdrawn." in patient.inner_text("main")
             shot(patient, "journey-9-shares")
             doctor.goto(f"{base}/share/view")
             assert "ended" in doctor.inner_text("main")

@@ -191,9 +191,11 @@ def test_five_wrong_pins_lock_the_link_for_good(signed_in: Harness) -> None:
         answer = enter_pin(client, link, wrong)
         assert answer.status_code == 401 and f"{left} tr" in answer.text
     locked = enter_pin(client, link, wrong)
-    assert locked.status_code == 403 and "locked" in locked.text
+    # To the recipient, a locked link is one more link that does not open.
+    assert locked.status_code == 404 and "locked" in locked.text
     # Even the right PIN does not open it now.
-    assert client.get(link).status_code == 403
+    assert client.get(link).status_code == 404
+    assert client.post(link, data={"pin": pin}, follow_redirects=False).status_code == 404
     assert "Locked after 5 wrong PINs" in client.get("/portal/shares").text
 
 
