@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import re
 import statistics
@@ -31,22 +30,21 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.support import DEFAULT_POSTGRES, machine, postgres_database, with_state  # noqa: E402
 from gateway.app import create_app  # noqa: E402
 from gateway.services import Services  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
 from gateway.store.database import Database  # noqa: E402
 
-DEFAULT_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 BIRTH_DATE = "1961-04-12"
 PASSPHRASE = "correct horse battery"
 
@@ -162,7 +160,7 @@ async def measure(url: str, data_dir: Path, rounds: int) -> dict[str, Any]:
     app = create_app(settings, services=services, check_migrations=False)
     async with app.router.lifespan_context(app) as state:
         # ASGITransport does not run the lifespan; hand its state to each request.
-        transport = httpx.ASGITransport(app=_with_state(app, state))
+        transport = httpx.ASGITransport(app=with_state(app, state))
         async with httpx.AsyncClient(transport=transport, base_url=settings.public_url) as client:
             browser = Browser(client)
             await browser.open()
@@ -189,30 +187,6 @@ async def _reset(browser: Browser, code: str) -> None:
     await browser.post(mode="patient", access_code=code, passphrase=PASSPHRASE)
 
 
-def _with_state(app: Any, state: Any) -> Any:
-    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            scope["state"] = dict(state or {})
-        await app(scope, receive, send)
-
-    return wrapped
-
-
-async def postgres_database(admin_url: str) -> tuple[str, Callable[[], Awaitable[None]]]:
-    name = f"gateway_bench_{uuid.uuid4().hex[:8]}"
-    admin = Database(admin_url)
-    engine = admin.engine.execution_options(isolation_level="AUTOCOMMIT")
-    async with engine.connect() as connection:
-        await connection.execute(text(f'CREATE DATABASE "{name}"'))
-
-    async def drop() -> None:
-        async with engine.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        await admin.dispose()
-
-    return admin_url.rsplit("/", 1)[0] + f"/{name}", drop
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=40)
@@ -222,9 +196,7 @@ async def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     report: dict[str, Any] = {
-        "machine": (
-            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-        ),
+        "machine": machine(),
         "rounds": args.rounds,
     }
     with tempfile.TemporaryDirectory() as scratch:

@@ -16,28 +16,24 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.support import DEFAULT_POSTGRES, machine, postgres_database, with_state  # noqa: E402
 from gateway.app import create_app  # noqa: E402
 from gateway.services import Services  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
 from gateway.store.database import Database  # noqa: E402
-
-DEFAULT_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -76,7 +72,7 @@ async def measure(url: str, data_dir: Path, rounds: int) -> dict[str, Any]:
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app) as state:
         # ASGITransport does not run the lifespan; hand its state to each request.
-        transport = httpx.ASGITransport(app=_with_state(app, state))
+        transport = httpx.ASGITransport(app=with_state(app, state))
         async with httpx.AsyncClient(transport=transport, base_url=settings.public_url) as client:
             with_token, open_route = [], []
             headers = {"Authorization": f"Bearer {tokens[0]}"}
@@ -93,30 +89,6 @@ async def measure(url: str, data_dir: Path, rounds: int) -> dict[str, Any]:
     return result
 
 
-def _with_state(app: Any, state: Any) -> Any:
-    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            scope["state"] = dict(state or {})
-        await app(scope, receive, send)
-
-    return wrapped
-
-
-async def postgres_database(admin_url: str) -> tuple[str, Any]:
-    name = f"gateway_bench_{uuid.uuid4().hex[:8]}"
-    admin = Database(admin_url)
-    engine = admin.engine.execution_options(isolation_level="AUTOCOMMIT")
-    async with engine.connect() as connection:
-        await connection.execute(text(f'CREATE DATABASE "{name}"'))
-
-    async def drop() -> None:
-        async with engine.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        await admin.dispose()
-
-    return admin_url.rsplit("/", 1)[0] + f"/{name}", drop
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3000)
@@ -126,9 +98,7 @@ async def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     report: dict[str, Any] = {
-        "machine": (
-            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-        ),
+        "machine": machine(),
         "rounds": args.rounds,
     }
     with tempfile.TemporaryDirectory() as scratch:

@@ -1,0 +1,48 @@
+"""What the in-process benchmarks share: a throwaway PostgreSQL database, the app
+with its lifespan state, and the line that names the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import text
+
+from gateway.store.database import Database
+
+DEFAULT_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def with_state(app: Any, state: Any) -> Any:
+    """The app with its lifespan state in every request, as uvicorn gives it (httpx's
+    ASGITransport runs no lifespan)."""
+
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope["state"] = dict(state or {})
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+async def postgres_database(admin_url: str) -> tuple[str, Callable[[], Awaitable[None]]]:
+    """A new database on the server of ``admin_url``, and how to drop it."""
+    name = f"gateway_bench_{uuid.uuid4().hex[:8]}"
+    admin = Database(admin_url)
+    engine = admin.engine.execution_options(isolation_level="AUTOCOMMIT")
+    async with engine.connect() as connection:
+        await connection.execute(text(f'CREATE DATABASE "{name}"'))
+
+    async def drop() -> None:
+        async with engine.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+    return admin_url.rsplit("/", 1)[0] + f"/{name}", drop
