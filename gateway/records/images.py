@@ -30,13 +30,13 @@ from pydicom.errors import InvalidDicomError
 
 from gateway.dicomweb import bulkdata, instances, qido, rendering, reports, stow
 from gateway.dicomweb import dicomjson as dj
-from gateway.dicomweb.archive import study_archive
 from gateway.dicomweb.dicomjson import DicomJson
 from gateway.dicomweb.matching import matches, vr_of
 from gateway.dicomweb.upstream import Retrieved as Retrieved  # what routes stream out
 from gateway.dicomweb.upstream import StoreResult, Upstream
 from gateway.errors import BadRequest, Forbidden, NotAcceptable, NotFound, UpstreamBadResponse
 from gateway.records.access import CHECK_FIELDS, Access, PatientKey, patient_key
+from gateway.records.archive import study_archive
 from gateway.records.documents import require_reports
 from gateway.records.studies import StudyRecords
 from gateway.store.patients import PatientIndex

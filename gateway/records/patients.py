@@ -44,7 +44,7 @@ class PatientRecords:
         key = await self.index.key_for(fhir_id)
         if key is None or not access.visibility.permits_patient(key):
             raise NotFound(f"Patient/{fhir_id} is not known.")
-        studies = [s for s in await self._studies_of(access, fhir_id, key)]
+        studies = await self._studies_of(access, fhir_id, key)
         if not studies:
             raise NotFound(f"Patient/{fhir_id} has no studies in the archive.")
         access.seen.patients.add(fhir_id)

@@ -13,12 +13,12 @@ from pydicom import dcmread
 
 from fixtures.generate import BENCH_PATIENT_ID
 from gateway.dicomweb import dicomjson as dj
-from gateway.dicomweb.archive import study_archive
 from gateway.dicomweb.dicomjson import DicomJson
 from gateway.dicomweb.file_store import FileStoreUpstream
 from gateway.dicomweb.upstream import Retrieved, Upstream
 from gateway.errors import UpstreamBadResponse
 from gateway.records.access import EVERYTHING, Visibility
+from gateway.records.archive import study_archive
 from tests.support.catalog import StudyFacts, by_patient, read_catalog
 
 MakeUpstream = Callable[[], Upstream]
