@@ -20,12 +20,14 @@ from fhir.resources.R4B.auditevent import AuditEvent
 from fixtures.generate import BENCH_PATIENT_ID
 from gateway.audit import ACT_REASON
 from tests.auth.test_oauth_api import Harness, bearer
-from tests.portal.support import Clock, enroll, portal_harness, portal_sign_in
+from tests.portal.support import DATABASES, Clock, enroll, portal_harness, portal_sign_in
 
 
-@pytest.fixture
-def portal(tmp_path: Path, embedded_data_dir: Path) -> Iterator[Harness]:
-    with portal_harness(tmp_path, embedded_data_dir, Clock()) as harness:
+@pytest.fixture(params=DATABASES)
+def portal(
+    request: pytest.FixtureRequest, tmp_path: Path, embedded_data_dir: Path
+) -> Iterator[Harness]:
+    with portal_harness(tmp_path, embedded_data_dir, Clock(), request.param) as harness:
         yield harness
 
 

@@ -22,7 +22,7 @@ from pydicom.uid import generate_uid
 from fixtures.generate import BENCH_PATIENT_ID
 from tests.auth.test_oauth_api import Harness, bearer
 from tests.portal.support import create_share, enroll, enter_pin, portal_sign_in
-from tests.support.stores import private_store
+from tests.support.stores import BACKENDS, private_store
 
 SCRIPT = b"<html><body><script>document.title='pwned'</script></body></html>"
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
@@ -40,9 +40,7 @@ def _document(source: Dataset, mime: str, content: bytes) -> Dataset:
     return ds
 
 
-@pytest.fixture(
-    scope="module", params=["embedded", pytest.param("orthanc", marks=pytest.mark.orthanc)]
-)
+@pytest.fixture(scope="module", params=BACKENDS)
 def world(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -50,7 +48,7 @@ def world(
 ) -> Iterator[tuple[Harness, dict[str, Dataset]]]:
     """A gateway over a store of its own: the patient's studies, plus documents of every
     type added to one of them."""
-    workdir = tmp_path_factory.mktemp(f"documents-{request.param}")
+    workdir = tmp_path_factory.mktemp("documents")
     mine = [d for d in (dcmread(p) for p in fixture_files) if d.PatientID == BENCH_PATIENT_ID]
     pdf = next(d for d in mine if d.Modality == "DOC")
     added = {

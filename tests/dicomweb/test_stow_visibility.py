@@ -22,7 +22,7 @@ from pydicom.uid import generate_uid
 from fixtures.generate import BENCH_PATIENT_ID
 from tests.auth.test_oauth_api import Harness, bearer
 from tests.dicomweb.test_stow import CONTENT_TYPE, multipart
-from tests.support.stores import private_store
+from tests.support.stores import BACKENDS, private_store
 
 NOT_AUTHORIZED = 0x0124
 FAILURE_REASON = "00081197"
@@ -30,16 +30,14 @@ FAILED_SOPS = "00081198"
 REFERENCED_SOPS = "00081199"
 
 
-@pytest.fixture(
-    scope="module", params=["embedded", pytest.param("orthanc", marks=pytest.mark.orthanc)]
-)
+@pytest.fixture(scope="module", params=BACKENDS)
 def stores(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     fixture_files: list[Path],
 ) -> Iterator[tuple[Harness, dict[str, Dataset]]]:
     """A gateway over a store of its own, holding two patients' studies."""
-    workdir = tmp_path_factory.mktemp(f"stow-access-{request.param}")
+    workdir = tmp_path_factory.mktemp("stow-access")
     datasets = [dcmread(p) for p in fixture_files]
     mine = [d for d in datasets if d.PatientID == BENCH_PATIENT_ID]
     theirs = [d for d in datasets if d.PatientID == "IS-1002"]

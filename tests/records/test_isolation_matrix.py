@@ -27,6 +27,7 @@ from gateway.dicomweb import dicomjson as dj
 from tests.auth.test_authorize import PASSPHRASE
 from tests.auth.test_oauth_api import Harness, bearer
 from tests.portal.support import Clock, create_share, enter_pin, portal_harness, portal_sign_in
+from tests.support.stores import BACKENDS
 
 OWN = ("HOSP-A", "IS-1005")
 OTHER = ("HOSP-B", "IS-1005")
@@ -172,21 +173,28 @@ def _setup(harness: Harness, world: World, clock: Clock) -> Setup:
 
 
 @pytest.fixture(
-    scope="module", params=["embedded", pytest.param("orthanc", marks=pytest.mark.orthanc)]
+    scope="module",
+    params=[
+        *BACKENDS,
+        pytest.param(("embedded", "postgres"), id="embedded-postgres", marks=pytest.mark.postgres),
+    ],
 )
 def setup(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     fixture_files: list[Path],
 ) -> Iterator[Setup]:
-    workdir = tmp_path_factory.mktemp(f"matrix-{request.param}")
+    store, database = request.param
+    workdir = tmp_path_factory.mktemp("matrix")
     clock = Clock()
-    if request.param == "embedded":
+    if store == "embedded":
         data_dir, extra = request.getfixturevalue("embedded_data_dir"), {}
     else:
         orthanc = request.getfixturevalue("seeded_orthanc")
         data_dir, extra = workdir, {"dicomweb_url": orthanc.dicomweb_url}
-    with portal_harness(workdir, data_dir, clock, release_delay_hours=72, **extra) as harness:
+    with portal_harness(
+        workdir, data_dir, clock, database, release_delay_hours=72, **extra
+    ) as harness:
         yield _setup(harness, read_world(fixture_files), clock)
 
 

@@ -27,19 +27,23 @@ from tests.auth.test_authorize import (
     redeem,
 )
 from tests.auth.test_oauth_api import Harness, bearer
-from tests.portal.support import Clock, portal_harness
+from tests.portal.support import DATABASES, Clock, portal_harness
 
 UNKNOWN = "2.25.1234567890123456789"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=DATABASES)
 def held(
-    tmp_path_factory: pytest.TempPathFactory, embedded_data_dir: Path
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    embedded_data_dir: Path,
 ) -> Iterator[tuple[Harness, dict[str, str], str]]:
     """A gateway whose clock stands one hour after the patient's newest study."""
     clock = Clock()
     workdir = tmp_path_factory.mktemp("held")
-    with portal_harness(workdir, embedded_data_dir, clock, release_delay_hours=72) as harness:
+    with portal_harness(
+        workdir, embedded_data_dir, clock, request.param, release_delay_hours=72
+    ) as harness:
         system = bearer(harness.backend_token("system/*.rs"))
         patient = harness.client.get(
             f"/fhir/Patient?identifier={BENCH_PATIENT_ID}", headers=system
