@@ -27,7 +27,6 @@ import random
 import re
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -39,7 +38,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.support import DEFAULT_POSTGRES, machine, postgres_database, with_state  # noqa: E402
+from bench.support import DEFAULT_POSTGRES, on_both_databases, with_state  # noqa: E402
 from gateway.app import create_app  # noqa: E402
 from gateway.services import Services  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
@@ -195,19 +194,7 @@ async def main() -> None:
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    report: dict[str, Any] = {
-        "machine": machine(),
-        "rounds": args.rounds,
-    }
-    with tempfile.TemporaryDirectory() as scratch:
-        data_dir = Path(scratch)
-        sqlite_url = f"sqlite+aiosqlite:///{data_dir / 'bench.db'}"
-        report["sqlite"] = await measure(sqlite_url, data_dir, args.rounds)
-        url, drop = await postgres_database(args.postgres)
-        try:
-            report["postgresql"] = await measure(url, data_dir, args.rounds)
-        finally:
-            await drop()
+    report = await on_both_databases(measure, args.rounds, args.postgres)
     print(f"{report['machine']}, {args.rounds} rounds")
     print("| path | SQLite median ms | p95 | PostgreSQL median ms | p95 | status |")
     print("| --- | --- | --- | --- | --- | --- |")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import platform
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
@@ -46,3 +48,23 @@ async def postgres_database(admin_url: str) -> tuple[str, Callable[[], Awaitable
         await admin.dispose()
 
     return admin_url.rsplit("/", 1)[0] + f"/{name}", drop
+
+
+Measure = Callable[[str, Path, int], Awaitable[Any]]
+
+
+async def on_both_databases(measure: Measure, rounds: int, postgres_url: str) -> dict[str, Any]:
+    """``measure(database_url, data_dir, rounds)`` on a fresh SQLite file, then on a
+    throwaway PostgreSQL database: the report with both results and the machine."""
+    report: dict[str, Any] = {"machine": machine(), "rounds": rounds}
+    with tempfile.TemporaryDirectory() as scratch:
+        data_dir = Path(scratch)
+        report["sqlite"] = await measure(
+            f"sqlite+aiosqlite:///{data_dir / 'bench.db'}", data_dir, rounds
+        )
+        url, drop = await postgres_database(postgres_url)
+        try:
+            report["postgresql"] = await measure(url, data_dir, rounds)
+        finally:
+            await drop()
+    return report
