@@ -84,13 +84,6 @@ class StudySummary:
         times = [r.created for r in self.reports if r.verified and r.created]
         return max(times) if times else None
 
-    @property
-    def report_status(self) -> str | None:
-        """The most advanced state among its reports: amended > final > preliminary."""
-        order = ("amended", "final", "preliminary")
-        states = {r.status for r in self.reports}
-        return next((s for s in order if s in states), None)
-
     def with_reports(self, found: Iterable[Report]) -> StudySummary:
         return replace(self, reports=tuple(r for r in found if r.study_uid == self.uid))
 
