@@ -89,6 +89,12 @@ class UpstreamBadResponse(UpstreamError):
     status = 502
 
 
+class UpstreamIncomplete(UpstreamBadResponse):
+    """The PACS ended an answer early (closed before its end). Raised before anything
+    is sent, it is a 502; raised mid-stream, the client's connection is aborted, the
+    one signal left that the body is not whole."""
+
+
 class UpstreamUnavailable(UpstreamError):
     status = 503
 

@@ -8,8 +8,9 @@ queues requests instead of exhausting threads.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -26,6 +27,7 @@ from gateway.errors import (
     NotAcceptable,
     NotFound,
     UpstreamBadResponse,
+    UpstreamIncomplete,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -33,6 +35,7 @@ from gateway.settings import Settings, UpstreamAuth
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+BOUNDARY = re.compile(r'boundary\s*=\s*"?([^";,\s]+)"?', re.IGNORECASE)
 
 
 class HttpUpstream:
@@ -192,7 +195,7 @@ class HttpUpstream:
             raise _retrieve_error(response.status_code, accept)
         media_type = response.headers.get("content-type", "application/octet-stream")
         # Relayed as received: re-chunking would copy every byte once more.
-        return Retrieved(media_type, response.aiter_raw(), response.aclose)
+        return Retrieved(media_type, _whole(response, media_type, path), response.aclose)
 
     async def _send(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
         try:
@@ -210,6 +213,39 @@ class HttpUpstream:
     async def aclose(self) -> None:
         self._session.close()
         await self._http.aclose()
+
+
+async def _whole(response: httpx.Response, media_type: str, path: str) -> AsyncIterator[bytes]:
+    """The body as it arrives, ending in UpstreamIncomplete unless it came whole.
+
+    A PACS that ends its body by closing the connection (Orthanc does) looks, when
+    it dies mid-answer, like one that finished: only the closing multipart boundary
+    (or, for JSON, the closing bracket) tells them apart. A short Content-Length or
+    chunked body, and a connection lost mid-body, surface from httpx as errors.
+    """
+    found = BOUNDARY.search(media_type) if media_type.lower().startswith("multipart/") else None
+    closing = f"--{found.group(1)}--".encode("latin-1") if found else None
+    is_json = media_type.lower().startswith(("application/dicom+json", "application/json"))
+    keep = len(closing) - 1 if closing else 0
+    closed, last, tail, failure = False, b"", b"", ""
+    try:
+        async for chunk in response.aiter_raw():
+            if closing is not None and not closed:
+                # Found in the chunk, or straddling it and the one before.
+                closed = closing in chunk or closing in tail + chunk[:keep]
+                tail = (tail + chunk[-keep:])[-keep:]
+            if is_json and (stripped := chunk.rstrip()):
+                last = stripped[-1:]
+            yield chunk
+    except httpx.TransportError as exc:  # RemoteProtocolError, ReadError, ReadTimeout
+        failure = type(exc).__name__
+    if not failure and closing is not None and not closed:
+        failure = "no closing boundary"
+    elif not failure and is_json and last != b"]":
+        failure = "unterminated JSON"
+    if failure:
+        logger.error("the image archive ended its answer early (%s): %s", failure, path)
+        raise UpstreamIncomplete("The image archive ended its answer early.")
 
 
 def _auth_headers(session: requests.Session) -> dict[str, str]:
