@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -33,6 +34,7 @@ PIXEL_DEFAULT = 'multipart/related; type="application/octet-stream"'
 DICOM_PART = re.compile(r'type="?application/dicom"?(;|$)')
 UIDS = (("study", "StudyInstanceUID"), ("series", "SeriesInstanceUID"))
 INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
+WARNING_TEXT_MAX = 200
 
 
 def dicomweb_endpoint(
@@ -54,12 +56,32 @@ def dicomweb_endpoint(
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    warning = message.replace('"', "'")
     return PlainTextResponse(
         message + "\n",
         status_code=status,
-        headers={**(headers or {}), "Warning": f'299 gateway "{warning}"'},
+        headers={**(headers or {}), "Warning": warning_header(message)},
     )
+
+
+def warning_header(message: str) -> str:
+    """``299 gateway "text"`` with ``message`` made one bounded line of ASCII.
+
+    Messages may echo what the client sent or what a library said: a character
+    outside Latin-1 made the header unencodable (a 500), and a NUL or a line break
+    made it invalid, so the server dropped the connection without an answer.
+    Accents are dropped, other characters become ``?``, control characters a
+    space; quotes and backslashes are escaped (RFC 9110 5.6.4 quoted-string).
+    """
+    folded = unicodedata.normalize("NFKD", message)
+    folded = "".join(c for c in folded if not unicodedata.combining(c))
+    text = "".join(
+        c if " " <= c <= "~" else " " if unicodedata.category(c)[0] in "CZ" else "?" for c in folded
+    )
+    text = " ".join(text.split())
+    if len(text) > WARNING_TEXT_MAX:
+        text = text[: WARNING_TEXT_MAX - 3].rstrip() + "..."
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'299 gateway "{escaped}"'
 
 
 def _accepts_dicom_json(request: Request) -> None:

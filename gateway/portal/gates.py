@@ -18,6 +18,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.authorization import PortalPatient, Principal, ShareRecipient
+from gateway.dicomweb.routes import warning_header
 from gateway.store.models import Account, BrowserSession, ShareLink
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ class ImageGate:
         if principal is None:
             message = "Sign in again (or open the share link again) to see these images."
             refusal = PlainTextResponse(
-                message + "\n", status_code=401, headers={"Warning": f'299 gateway "{message}"'}
+                message + "\n", status_code=401, headers={"Warning": warning_header(message)}
             )
             await refusal(scope, receive, send)
             return
