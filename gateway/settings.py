@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     max_page_size: Annotated[int, Field(ge=1, le=5000)] = 200
     max_search_candidates: Annotated[int, Field(ge=10, le=100_000)] = 5000
     stow_max_bytes: Annotated[int, Field(ge=1024)] = 2 * 1024**3
+    render_max_bytes: Annotated[int, Field(ge=1024**2)] = 512 * 1024**2
     study_cache_seconds: Annotated[float, Field(ge=0)] = 300.0
     study_cache_size: Annotated[int, Field(ge=0)] = 5000
     log_level: str = "info"

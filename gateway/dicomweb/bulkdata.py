@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Sequence
 
+import numpy as np
 from pydicom import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import UID
@@ -29,7 +30,12 @@ _URI = re.compile(
 # Longer than any URI the pattern accepts, so no match can straddle what is sent on.
 _HOLD = 4096
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
-NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", EXPLICIT_LITTLE})
+EXPLICIT_BIG = "1.2.840.10008.1.2.2"
+# Uncompressed: pydicom inflates a deflated dataset when it reads it, and big-endian
+# words are swapped, so each is served as native little-endian frames.
+NATIVE_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2", EXPLICIT_LITTLE, EXPLICIT_BIG, "1.2.840.10008.1.2.1.99"}
+)
 
 
 def bulk_path(study: str, series: str, instance: str, tag_path: str) -> str:
@@ -83,9 +89,10 @@ def requested_transfer_syntax(accept: str) -> str | None:
 def frames_of(dataset: Dataset, numbers: Sequence[int], accept: str) -> tuple[list[bytes], str]:
     """Frames ``numbers`` (1-based) and the transfer syntax they are in.
 
-    Native pixel data is answered in Explicit VR Little Endian (its bytes are
-    the same in the implicit syntax); compressed data only as stored, since
-    the embedded store does not transcode.
+    Native pixel data (implicit or explicit VR, little or big endian, deflated)
+    is answered in Explicit VR Little Endian, the PS3.18 default for frames (its
+    bytes are the same in the implicit syntax); compressed data only as stored,
+    since the embedded store does not transcode.
     """
     if "PixelData" not in dataset:
         raise NotFound("This instance has no pixel data.")
@@ -97,7 +104,7 @@ def frames_of(dataset: Dataset, numbers: Sequence[int], accept: str) -> tuple[li
     if stored in NATIVE_SYNTAXES:
         if wanted not in (None, EXPLICIT_LITTLE, "1.2.840.10008.1.2"):
             raise NotAcceptable(f"Frames are available as {EXPLICIT_LITTLE} only.")
-        return _native_frames(dataset, numbers, count), EXPLICIT_LITTLE
+        return _native_frames(dataset, numbers, count, stored == EXPLICIT_BIG), EXPLICIT_LITTLE
     if wanted != stored and ("transfer-syntax" not in accept or wanted is not None):
         raise NotAcceptable(
             f"Frames are stored as {stored} and are available only so (transfer-syntax={stored} "
@@ -107,15 +114,31 @@ def frames_of(dataset: Dataset, numbers: Sequence[int], accept: str) -> tuple[li
     return [frames[number - 1] for number in numbers], stored
 
 
-def _native_frames(dataset: Dataset, numbers: Sequence[int], count: int) -> list[bytes]:
+def _native_frames(
+    dataset: Dataset, numbers: Sequence[int], count: int, big_endian: bool
+) -> list[bytes]:
     bits = int(dataset.BitsAllocated)
     if bits % 8:
         raise NotAcceptable("Frames of 1-bit pixel data are not served; retrieve the instance.")
     size = int(dataset.Rows) * int(dataset.Columns) * int(dataset.SamplesPerPixel) * bits // 8
     data: bytes = dataset.PixelData
+    if big_endian:
+        data = _little_endian(data, dataset)
     if len(data) < size * count:
         raise NotFound("The pixel data is shorter than its frames.")
     return [data[(n - 1) * size : n * size] for n in numbers]
+
+
+def _little_endian(data: bytes, dataset: Dataset) -> bytes:
+    """Big-endian pixel data in little-endian order: each word of BitsAllocated is
+    reversed (8-bit samples stored as OW come in swapped pairs, PS3.5 8.1.1)."""
+    bits = int(dataset.BitsAllocated)
+    word = bits // 8 if bits > 8 else 2 if dataset["PixelData"].VR == "OW" else 1
+    if word == 1:
+        return data
+    whole = len(data) - len(data) % word
+    swapped = np.frombuffer(data, dtype=f">u{word}", count=whole // word).astype(f"<u{word}")
+    return swapped.tobytes() + data[whole:]
 
 
 def element_bytes(dataset: Dataset, tag_path: str) -> bytes:

@@ -1,8 +1,11 @@
 """Rendered images (PS3.18 8.7.4 / 10.4 "rendered"): a frame as JPEG or PNG.
 
-Pure functions of a pydicom dataset: modality LUT (rescale), VOI window from
-the query or the data, MONOCHROME1 inverted, then Pillow encodes. The route
-runs them in a worker thread: this is CPU work.
+pydicom does the standard's image pipeline: it decodes the one frame asked
+for (whatever its transfer syntax, with the decoders installed), then the
+Modality LUT (rescale or Modality LUT Sequence) and the VOI LUT (the window
+from the query, else the instance's VOI LUT Sequence or window with its
+VOILUTFunction, else one spanning the frame's values). MONOCHROME1 is
+inverted, and Pillow encodes. The route runs this in a worker thread.
 """
 
 from __future__ import annotations
@@ -10,12 +13,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from io import BytesIO
+from typing import IO, BinaryIO, cast
 
 import numpy as np
 from PIL import Image
 from pydicom import Dataset
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.pixels.utils import pixel_array
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from gateway.errors import BadRequest, NotAcceptable
+from gateway.errors import BadRequest, NotAcceptable, PayloadTooLarge
 
 MEDIA_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG"}
 THUMBNAIL_EDGE = 128
@@ -62,27 +69,45 @@ def choose_media_type(accept: str) -> str:
 
 
 def render(
+    source: IO[bytes],
     dataset: Dataset,
     frame: int,
     media_type: str,
     window: Window | None = None,
     max_edge: int | None = None,
     quality: int = 90,
+    max_bytes: int = 512 << 20,
 ) -> bytes:
-    """Frame ``frame`` (1-based) of ``dataset``, encoded as ``media_type``."""
+    """Frame ``frame`` (1-based) of the Part 10 file ``source``, whose header is
+    ``dataset``, encoded as ``media_type``. Only that frame is read and decoded;
+    one whose decoded size would pass ``max_bytes`` is refused (413)."""
     if "PixelData" not in dataset:
         raise BadRequest("This instance has no image to render.")
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if not 1 <= frame <= frames:
         raise BadRequest(f"Frame {frame} does not exist; the instance has {frames}.")
+    # Decoded as float64 for the LUTs: the largest copy of the frame made here.
+    size = int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel", 1)) * 8
+    if size > max_bytes:
+        raise PayloadTooLarge(
+            f"A frame of this instance decodes to more than the {max_bytes} bytes the "
+            "gateway renders (GATEWAY_RENDER_MAX_BYTES)."
+        )
+    syntax = str(dataset.file_meta.get("TransferSyntaxUID", ""))
     try:
-        pixels = dataset.pixel_array
-    except (NotImplementedError, RuntimeError, ValueError) as exc:
-        raise NotAcceptable(f"The pixel data cannot be decoded here ({exc}).") from None
-    if frames > 1:
-        pixels = pixels[frame - 1]
+        source.seek(0)
+        # A deflated file cannot be read at offsets: its dataset was read whole.
+        whole = syntax == DeflatedExplicitVRLittleEndian
+        pixels = pixel_array(dataset if whole else cast(BinaryIO, source), index=frame - 1)
+    except (NotImplementedError, RuntimeError, ValueError, AttributeError, KeyError) as exc:
+        raise NotAcceptable(
+            f"The pixel data (transfer syntax {syntax or 'unknown'}) cannot be decoded here."
+        ) from exc
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
-    if pixels.ndim == 3 or photometric.startswith(("RGB", "YBR")):
+    if photometric == "PALETTE COLOR":
+        image = Image.fromarray(_to_rgb8(dataset, apply_color_lut(pixels, dataset)), mode="RGB")
+    elif pixels.ndim == 3:
+        # pydicom's decoders hand YBR data over as RGB already.
         image = Image.fromarray(_to_rgb8(dataset, pixels), mode="RGB")
     else:
         image = Image.fromarray(_to_gray8(dataset, pixels, window), mode="L")
@@ -96,46 +121,81 @@ def render(
     return buffer.getvalue()
 
 
+_FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "sigmoid": "SIGMOID"}
+# What the VOI LUT step reads: the modality LUT's output range and the VOI itself.
+_VOI_KEYWORDS = (
+    "PixelRepresentation",
+    "BitsStored",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "ModalityLUTSequence",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+    "VOILUTSequence",
+)
+
+
 def _to_gray8(dataset: Dataset, pixels: np.ndarray, window: Window | None) -> np.ndarray:
-    slope = float(dataset.get("RescaleSlope", 1) or 1)
-    intercept = float(dataset.get("RescaleIntercept", 0) or 0)
-    values = pixels.astype(np.float64) * slope + intercept
-    window = window or _window_from_data(dataset, values)
-    center, width = window.center, window.width
-    if window.function == "sigmoid":
-        scaled = 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
-    elif window.function == "linear-exact":
-        scaled = (values - (center - width / 2)) / width
-    else:  # PS3.3 C.11.2.1.2.1: the linear function offsets by 0.5 and 1
-        scaled = ((values - (center - 0.5)) / (width - 1)) + 0.5
-    gray = np.clip(scaled, 0.0, 1.0) * 255.0
+    values = apply_modality_lut(pixels, dataset)
+    voi = Dataset()
+    voi.PhotometricInterpretation = "MONOCHROME2"  # MONOCHROME1 is inverted below
+    for keyword in _VOI_KEYWORDS:
+        if keyword in dataset:
+            voi[keyword] = dataset[keyword]
+    if window is not None:  # the query's window wins over the instance's VOI
+        _set_window(voi, window.center, window.width, _FUNCTIONS[window.function])
+        if "VOILUTSequence" in voi:
+            del voi.VOILUTSequence
+    low, high = _voi_output_range(voi)
+    try:
+        if "VOILUTSequence" not in voi and not _has_window(voi):
+            raise ValueError("no VOI in the instance")
+        shown = apply_voi_lut(values, voi, prefer_lut=True)
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+        # No usable VOI: the frame's own range, linearly (LINEAR_EXACT from min to max).
+        shown, low, high = values, float(values.min()), float(values.max())
+    gray = np.clip((shown.astype(np.float64) - low) / max(high - low, 1e-9), 0.0, 1.0) * 255.0
     if str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1":
         gray = 255.0 - gray
-    return gray.round().astype(np.uint8)
+    return np.asarray(gray.round().astype(np.uint8))
 
 
-def _window_from_data(dataset: Dataset, values: np.ndarray) -> Window:
-    center, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
-    if center is not None and width is not None:
-        first_center = center[0] if _is_multi(center) else center
-        first_width = width[0] if _is_multi(width) else width
-        if float(first_width) > 0:
-            return Window(float(first_center), float(first_width))
-    low, high = float(values.min()), float(values.max())
-    return Window((low + high) / 2, max(high - low, 1.0), "linear-exact")
+def _set_window(voi: Dataset, center: float, width: float, function: str) -> None:
+    voi.WindowCenter, voi.WindowWidth, voi.VOILUTFunction = center, width, function
 
 
-def _is_multi(value: object) -> bool:
-    return isinstance(value, list | tuple) or type(value).__name__ == "MultiValue"
+def _has_window(voi: Dataset) -> bool:
+    if "WindowCenter" not in voi or "WindowWidth" not in voi:
+        return False
+    width = voi.WindowWidth
+    return float(width[0] if voi["WindowWidth"].VM > 1 else width) > 0
+
+
+def _voi_output_range(voi: Dataset) -> tuple[float, float]:
+    """The range the VOI step maps onto, to be spread over 0-255: a VOI LUT's own
+    (its descriptor's bit depth), or the window's, which pydicom takes to be the
+    modality LUT's output range (``pydicom.pixels.processing.apply_windowing``)."""
+    if "VOILUTSequence" in voi and voi.VOILUTSequence:
+        return 0.0, float(2 ** int(voi.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+    bits = int(voi.get("BitsStored", 16) or 16)
+    if voi.get("ModalityLUTSequence"):
+        low, high = 0.0, float(2 ** int(voi.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    elif int(voi.get("PixelRepresentation", 0) or 0) == 0:
+        low, high = 0.0, float(2**bits - 1)
+    else:
+        low, high = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    slope, intercept = voi.get("RescaleSlope"), voi.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        low, high = low * float(slope) + float(intercept), high * float(slope) + float(intercept)
+    return min(low, high), max(low, high)
 
 
 def _to_rgb8(dataset: Dataset, pixels: np.ndarray) -> np.ndarray:
-    if str(dataset.get("PhotometricInterpretation", "")).startswith("YBR"):
-        from pydicom.pixels.processing import convert_color_space
-
-        pixels = convert_color_space(pixels, str(dataset.PhotometricInterpretation), "RGB")
     if pixels.dtype != np.uint8:
         bits = int(dataset.get("BitsStored", 8) or 8)
+        if "RedPaletteColorLookupTableDescriptor" in dataset:  # the palette's entries
+            bits = int(dataset.RedPaletteColorLookupTableDescriptor[2])
         pixels = (pixels.astype(np.float64) / (2**bits - 1) * 255).clip(0, 255)
     return np.ascontiguousarray(pixels.astype(np.uint8))
 

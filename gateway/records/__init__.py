@@ -70,6 +70,8 @@ class Records:
             studies=studies,
             documents=DocumentRecords(upstream, index, settings.max_search_candidates),
             patients=PatientRecords(upstream, index, jackets, settings.max_search_candidates),
-            images=ImageRecords(upstream, index, studies, settings.dicomweb_base_url),
+            images=ImageRecords(
+                upstream, index, studies, settings.dicomweb_base_url, settings.render_max_bytes
+            ),
             trail=TrailRecords(auditor, sessions),
         )

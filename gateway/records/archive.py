@@ -16,16 +16,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from python_multipart import MultipartParser
-
 from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb.dicomjson import DicomJson
-from gateway.dicomweb.stow import boundary_of
+from gateway.dicomweb.instances import AS_STORED, SinglePart
 from gateway.dicomweb.upstream import Retrieved, Upstream
-from gateway.errors import GatewayError, UpstreamBadResponse
+from gateway.errors import UpstreamBadResponse
 from gateway.records.access import CHECK_FIELDS, Visibility
 
-MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
 _LISTED = ("SeriesInstanceUID", "SOPInstanceUID", "InstanceNumber", "SeriesNumber", "Modality")
 FIELDS = tuple(dict.fromkeys((*CHECK_FIELDS, *_LISTED, "StudyDate", "StudyDescription")))
 UNSAFE = re.compile(r"[^A-Za-z0-9]+")
@@ -66,52 +63,6 @@ class _Sink:
         return drained
 
 
-def _bad() -> UpstreamBadResponse:
-    return UpstreamBadResponse("The archive sent an instance that cannot be read.")
-
-
-class _SinglePart:
-    """The body of the one part of a WADO-RS multipart answer, as the answer streams in."""
-
-    def __init__(self, media_type: str) -> None:
-        try:
-            self._parser = MultipartParser(
-                boundary_of(media_type),
-                {"on_part_begin": self._begin, "on_part_data": self._data, "on_end": self._end},
-            )
-        except (GatewayError, ValueError):
-            raise _bad() from None
-        self._pieces: list[bytes] = []
-        self._parts = self._size = 0
-        self._ended = False
-
-    def _begin(self) -> None:
-        self._parts += 1
-
-    def _data(self, data: bytes, start: int, end: int) -> None:
-        self._pieces.append(data[start:end])
-        self._size += end - start
-
-    def _end(self) -> None:
-        self._ended = True
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        try:
-            self._parser.write(chunk)
-        except ValueError:  # MultipartParseError
-            raise _bad() from None
-        if self._parts > 1:
-            raise _bad()
-        pieces, self._pieces = self._pieces, []
-        return pieces
-
-    def finish(self) -> None:
-        # The parser never complains about a body cut short: only the closing
-        # boundary tells a whole instance from a truncated one.
-        if not self._ended or self._parts != 1 or not self._size:
-            raise _bad()
-
-
 async def study_archive(
     upstream: Upstream, study_uids: Sequence[str], visibility: Visibility
 ) -> AsyncIterator[bytes]:
@@ -145,7 +96,7 @@ async def study_archive(
                     upcoming.append(_request(upstream, *members[index + AHEAD]))
                 name = _unique(_member_name(study.folder, item), used)
                 try:
-                    body = _SinglePart(retrieved.media_type)
+                    body = SinglePart(retrieved.media_type)
                     with zf.open(name, "w", force_zip64=True) as member:
                         async for chunk in retrieved.chunks:
                             for piece in body.feed(chunk):
@@ -165,7 +116,7 @@ async def study_archive(
 def _request(upstream: Upstream, study: _Study, item: DicomJson) -> asyncio.Task[Retrieved]:
     series, instance = (dj.text(item, k) for k in ("SeriesInstanceUID", "SOPInstanceUID"))
     path = f"studies/{study.uid}/series/{series}/instances/{instance}"
-    return asyncio.ensure_future(upstream.retrieve(path, MULTIPART_DICOM))
+    return asyncio.ensure_future(upstream.retrieve(path, AS_STORED))
 
 
 async def _abandon(task: asyncio.Task[Retrieved]) -> None:

@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import IO
 
 import anyio
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from gateway.dicomweb import bulkdata, instances, qido, rendering, reports, stow
 from gateway.dicomweb import dicomjson as dj
@@ -57,6 +57,7 @@ ATTACHMENT_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 NOT_AUTHORIZED = 0x0124  # PS3.4 C.4.2.1.4: Refused, not authorized
+HEADER_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,13 @@ class ImageRecords:
         index: PatientIndex,
         studies: StudyRecords,
         dicomweb_url: str,
+        render_max_bytes: int = instances.MAX_INSTANCE_BYTES,
     ) -> None:
         self.upstream = upstream
         self.index = index
         self.studies = studies
         self.dicomweb_url = dicomweb_url
+        self.render_max_bytes = render_max_bytes
 
     # -- QIDO --------------------------------------------------------------
 
@@ -233,26 +236,37 @@ class ImageRecords:
         wants_text = any(t in asked.accept.lower() for t in ("text/html", "text/plain"))
         if asked.whole_instance and wants_text:
             return await self._report(access, target, asked.accept)
-        dataset = await self._instance(target)
-        sop_class = str(dataset.get("SOPClassUID", ""))
-        if sop_class in reports.CONTENT_CLASSES or "EncapsulatedDocument" in dataset:
-            require_reports(access)
-        if asked.whole_instance and "PixelData" not in dataset:
-            if sop_class in reports.STRUCTURED_REPORTS:
-                return await self._report(access, target, asked.accept)
-            if "EncapsulatedDocument" in dataset:
-                return encapsulated_document(dataset, asked.accept)
-        media_type = rendering.choose_media_type(asked.accept)
-        image = await anyio.to_thread.run_sync(
-            lambda: rendering.render(
-                dataset,
-                asked.frame,
-                media_type,
-                asked.window,
-                rendering.THUMBNAIL_EDGE if asked.thumbnail else None,
-                asked.quality,
+        async with instances.spooled(
+            self.upstream,
+            target.study,
+            target.series or "",
+            target.instance or "",
+            self.render_max_bytes,
+        ) as source:
+            dataset = await _header(source)
+            sop_class = str(dataset.get("SOPClassUID", ""))
+            if sop_class in reports.CONTENT_CLASSES or "EncapsulatedDocument" in dataset:
+                require_reports(access)
+            if asked.whole_instance and "PixelData" not in dataset:
+                if sop_class in reports.STRUCTURED_REPORTS:
+                    return await self._report(access, target, asked.accept)
+                if "EncapsulatedDocument" in dataset:
+                    return await anyio.to_thread.run_sync(
+                        encapsulated_document, dataset, asked.accept
+                    )
+            media_type = rendering.choose_media_type(asked.accept)
+            image = await anyio.to_thread.run_sync(
+                lambda: rendering.render(
+                    source,
+                    dataset,
+                    asked.frame,
+                    media_type,
+                    asked.window,
+                    rendering.THUMBNAIL_EDGE if asked.thumbnail else None,
+                    asked.quality,
+                    self.render_max_bytes,
+                )
             )
-        )
         return Rendered(image, media_type)
 
     async def _report(self, access: Access, target: Target, accept: str) -> Rendered:
@@ -265,16 +279,6 @@ class ImageRecords:
         if media_type == "text/html":
             return Rendered(reports.render_html(found[0]).encode(), "text/html; charset=utf-8")
         return Rendered(reports.render_text(found[0]).encode(), "text/plain; charset=utf-8")
-
-    async def _instance(self, target: Target) -> Dataset:
-        """One instance, whole: rendering needs its pixels (capped in size)."""
-        content = await instances.part10(
-            self.upstream, target.study, target.series or "", target.instance or ""
-        )
-        try:
-            return await anyio.to_thread.run_sync(lambda: dcmread(BytesIO(content)))
-        except (InvalidDicomError, ValueError, EOFError):
-            raise UpstreamBadResponse("The archive sent an instance that cannot be read.") from None
 
     # -- STOW ----------------------------------------------------------------
 
@@ -373,6 +377,24 @@ class ImageRecords:
         keys = {k for k in (patient_key(i) for i in items) if k}
         if keys:
             access.seen.patients.update((await self.index.ids_for(sorted(keys))).values())
+
+
+async def _header(source: IO[bytes]) -> Dataset:
+    """The instance's elements; large values (pixels, documents) are read from
+    ``source`` only when used, except in a deflated file, which has no offsets to
+    read them at (it is read whole)."""
+
+    def read() -> Dataset:
+        dataset = dcmread(source, defer_size=HEADER_BYTES)
+        if dataset.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+            source.seek(0)
+            dataset = dcmread(source)
+        return dataset
+
+    try:
+        return await anyio.to_thread.run_sync(read)
+    except (InvalidDicomError, ValueError, EOFError, KeyError):
+        raise UpstreamBadResponse("The archive sent an instance that cannot be read.") from None
 
 
 def encapsulated_document(dataset: Dataset, accept: str) -> Rendered:
