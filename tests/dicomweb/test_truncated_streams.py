@@ -8,15 +8,22 @@ body, then closes; the gateway runs under real uvicorn, reached over HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import socketserver
 import threading
+import zipfile
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
+from gateway.dicomweb.http_upstream import HttpUpstream
+from gateway.errors import UpstreamBadResponse
+from gateway.records.access import EVERYTHING
+from gateway.records.archive import study_archive
 from tests.conftest import serve_gateway
 
 STUDY = "1.2.826.0.1.3680043.8.498.101"
@@ -162,3 +169,25 @@ def test_a_whole_answer_ended_by_closing_is_relayed(
         assert orjson.loads(body)[0]["0020000D"]["Value"] == [STUDY]
     else:
         assert body == WHOLE
+
+
+@pytest.mark.parametrize("mode", ["close", "length", "chunked"])
+def test_a_zip_whose_source_ended_early_never_ends_as_an_archive(
+    pacs: type[MisbehavingPacs], mode: str
+) -> None:
+    """The share and portal ZIP (records/archive.py) streams through the same kind of
+    response as the routes above: it must fail rather than close its central directory."""
+    pacs.mode = mode
+
+    async def download() -> bytes:
+        upstream = HttpUpstream(pacs.url)  # type: ignore[attr-defined]
+        try:
+            return b"".join([c async for c in study_archive(upstream, [STUDY], EVERYTHING)])
+        finally:
+            await upstream.aclose()
+
+    with pytest.raises(UpstreamBadResponse):
+        asyncio.run(download())
+    pacs.mode = "whole"
+    with zipfile.ZipFile(BytesIO(asyncio.run(download()))) as whole:
+        assert [i.file_size for i in whole.infolist()][1:] == [len(PAYLOAD)]
