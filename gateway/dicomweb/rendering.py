@@ -87,7 +87,7 @@ def render(
     if not 1 <= frame <= frames:
         raise BadRequest(f"Frame {frame} does not exist; the instance has {frames}.")
     # Decoded as float64 for the LUTs: the largest copy of the frame made here.
-    size = int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel", 1)) * 8
+    size = 8 * _product(dataset, ("Rows", "Columns", "SamplesPerPixel"))
     if size > max_bytes:
         raise PayloadTooLarge(
             f"A frame of this instance decodes to more than the {max_bytes} bytes the "
@@ -119,6 +119,14 @@ def render(
     else:
         image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def _product(dataset: Dataset, keywords: tuple[str, ...]) -> int:
+    """The product of integer attributes (a missing one counts 1: decoding then says no)."""
+    product = 1
+    for keyword in keywords:
+        product *= int(dataset.get(keyword, 1) or 1)
+    return product
 
 
 _FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "sigmoid": "SIGMOID"}
