@@ -26,6 +26,8 @@ from gateway.audit import AuditEntry
 from gateway.auth import authorize, discovery, scopes
 from gateway.auth.client_auth import bearer_token, require_form
 from gateway.auth.clients import ClientKind, RegistrationError, describe
+from gateway.errors import GatewayError
+from gateway.outages import outage
 from gateway.services import Services
 
 logger = logging.getLogger(__name__)
@@ -57,7 +59,11 @@ def oauth_endpoint(
             return await handler(request, request.state.services)
         except OAuth2Error as exc:
             return oauth_error(exc, request)
-        except Exception:
+        except GatewayError:
+            raise  # a body timeout, say: the app's handler answers (gateway/error_handlers.py)
+        except Exception as exc:
+            if outage(exc) is not None:
+                raise  # the app's handler answers 503 temporarily_unavailable
             logger.exception("unhandled error in %s %s", request.method, request.url.path)
             return JSONResponse(
                 {"error": "server_error", "error_description": "An internal error occurred."},

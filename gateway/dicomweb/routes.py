@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.authorization import requires
 from gateway.dicomweb import bulkdata, qido, rendering, stow
 from gateway.errors import BadRequest, GatewayError, NotAcceptable, PayloadTooLarge
+from gateway.outages import outage
 from gateway.records.access import Access
 from gateway.records.images import RenderRequest, Retrieved, Target
 from gateway.services import Services
@@ -46,7 +47,9 @@ def dicomweb_endpoint(
             return await handler(request, request.state.services)
         except GatewayError as exc:
             return error_response(exc.status, exc.message, exc.headers)
-        except Exception:
+        except Exception as exc:
+            if outage(exc) is not None:
+                raise  # the app's handler answers 503 (gateway/error_handlers.py)
             logger.exception("unhandled error in %s %s", request.method, request.url.path)
             return error_response(500, "An internal error occurred.")
 
