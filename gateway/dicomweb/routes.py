@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.authorization import requires
 from gateway.dicomweb import bulkdata, qido, rendering, stow
 from gateway.errors import BadRequest, GatewayError, NotAcceptable, PayloadTooLarge
+from gateway.numbers import whole_number
 from gateway.outages import outage
 from gateway.records.access import Access
 from gateway.records.images import RenderRequest, Retrieved, Target
@@ -57,7 +58,8 @@ def dicomweb_endpoint(
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    warning = message.replace('"', "'")
+    # A header is Latin-1 at most, and the message may quote what the client sent.
+    warning = message.replace('"', "'").encode("ascii", "backslashreplace").decode("ascii")
     return PlainTextResponse(
         message + "\n",
         status_code=status,
@@ -191,8 +193,8 @@ async def store_instances(request: Request, services: Services, access: Access) 
     """STOW-RS: 200 all stored, 202 some failed, 409 none stored (PS3.18 10.5.3)."""
     boundary = stow.boundary_of(request.headers.get("content-type", ""))
     limit = services.settings.stow_max_bytes
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
+    length = request.headers.get("content-length")
+    if length is not None and whole_number("Content-Length", length) > limit:
         raise PayloadTooLarge(f"The upload exceeds the limit of {limit} bytes.")
     expected = request.path_params.get("study")
     if expected:
@@ -213,9 +215,9 @@ def rendered_endpoint(thumbnail: bool) -> Callable[[Request], Awaitable[Response
         # The ``accept`` query parameter overrides the Accept header (PS3.18 8.3.3.1).
         accept = request.query_params.get("accept") or request.headers.get("accept", "")
         window = rendering.parse_window(request.query_params.get("window"))
-        quality_text = request.query_params.get("quality", "90")
-        if not quality_text.isdigit() or not 1 <= int(quality_text) <= 100:
-            raise BadRequest("quality must be a whole number from 1 to 100.")
+        quality = whole_number(
+            "quality", request.query_params.get("quality", "90"), minimum=1, maximum=100
+        )
         frame_text = request.path_params.get("frame", "1")
         if not rendering.FRAME_LIST.fullmatch(frame_text):
             raise BadRequest(f"'{frame_text[:40]}' is not a frame number (1, 2, ...).")
@@ -223,7 +225,7 @@ def rendered_endpoint(thumbnail: bool) -> Callable[[Request], Awaitable[Response
             accept=accept,
             frame=int(frame_text),
             window=window,
-            quality=int(quality_text),
+            quality=quality,
             thumbnail=thumbnail,
             whole_instance=not thumbnail and "frame" not in request.path_params,
         )
