@@ -22,6 +22,7 @@ from gateway.admin import routes as admin_routes
 from gateway.audit import AuditMiddleware
 from gateway.auth import routes as auth_routes
 from gateway.auth.enforcement import BearerTokenMiddleware
+from gateway.body_timeout import BodyTimeoutMiddleware
 from gateway.dicomweb import routes as dicomweb_routes
 from gateway.fhir import routes as fhir_routes
 from gateway.portal import recipient
@@ -123,6 +124,7 @@ def create_app(
             Route("/metrics", operations.metrics, methods=["GET"]),
         ],
         middleware=[
+            Middleware(BodyTimeoutMiddleware, seconds=settings.body_timeout),
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins.split(),
@@ -130,7 +132,7 @@ def create_app(
                 allow_headers=["Authorization", "Content-Type", "Accept", "Prefer"],
                 expose_headers=["Location", "WWW-Authenticate", "Warning"],
                 max_age=600,
-            )
+            ),
         ],
         # Errors and outages, in each area's format (gateway/error_handlers.py).
         exception_handlers={**error_handlers.handlers(), 404: not_found},

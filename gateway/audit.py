@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth.secrets import new_id
 from gateway.errors import NotRecorded
+from gateway.logs import redact
 from gateway.store.models import AuditRecord, as_utc, utcnow
 
 logger = logging.getLogger(__name__)
@@ -203,7 +204,8 @@ class AuditMiddleware:
         if study is None and getattr(requirement, "resource_type", "") == "ImagingStudy":
             study = params.get("id")
         patients = sorted(getattr(seen, "patients", ()) or ()) if status < 400 else []
-        query = scope.get("query_string", b"").decode("latin-1")[:500]
+        # A token put in the URL is refused, and not kept in the trail either.
+        query = redact(scope.get("query_string", b"").decode("latin-1"))[:500]
         detail = f"{scope['method']} {scope.get('root_path', '')}{path}" + (
             f"?{query}" if query else ""
         )
