@@ -160,7 +160,6 @@ def test_serve_against_an_unreachable_database_is_one_line_and_status_2(
     done = subprocess.run(
         [sys.executable, "-m", "gateway", "serve", "--port", str(_closed_port())],
         env=env,
-        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,
