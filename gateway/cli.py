@@ -119,6 +119,7 @@ def _sqlite_opens(url: str) -> None:
         return
     path = make_url(url).database
     if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # as Database() does
         sqlite3.connect(path).close()
 
 
