@@ -12,18 +12,18 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
-from gateway import __version__, logs, operations
+from gateway import __version__, error_handlers, logs, operations
 from gateway.admin import routes as admin_routes
-from gateway.audit import NOT_RECORDED, AuditMiddleware
+from gateway.audit import AuditMiddleware
 from gateway.auth import routes as auth_routes
 from gateway.auth.enforcement import BearerTokenMiddleware
+from gateway.body_timeout import BodyTimeoutMiddleware
 from gateway.dicomweb import routes as dicomweb_routes
-from gateway.errors import NotRecorded
 from gateway.fhir import routes as fhir_routes
 from gateway.portal import recipient
 from gateway.portal import routes as portal_routes
@@ -93,10 +93,6 @@ def create_app(
     async def not_found(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": "not found"}, status_code=404)
 
-    async def not_recorded(request: Request, exc: Exception) -> Response:
-        # A page or OAuth action whose audit record failed: undone, and said so plainly.
-        return PlainTextResponse(NOT_RECORDED + "\n", status_code=500)
-
     return _Gateway(
         routes=[
             *auth_routes.discovery_routes(),
@@ -108,7 +104,7 @@ def create_app(
                 "/fhir",
                 routes=fhir_routes.routes(),
                 middleware=[
-                    Middleware(AuditMiddleware, api="fhir"),
+                    Middleware(AuditMiddleware, api="fhir", refusal=error_handlers.audit_failure),
                     Middleware(BearerTokenMiddleware),
                 ],
             ),
@@ -116,7 +112,9 @@ def create_app(
                 "/dicomweb",
                 routes=dicomweb_routes.routes(),
                 middleware=[
-                    Middleware(AuditMiddleware, api="dicomweb"),
+                    Middleware(
+                        AuditMiddleware, api="dicomweb", refusal=error_handlers.audit_failure
+                    ),
                     Middleware(BearerTokenMiddleware),
                 ],
             ),
@@ -126,6 +124,7 @@ def create_app(
             Route("/metrics", operations.metrics, methods=["GET"]),
         ],
         middleware=[
+            Middleware(BodyTimeoutMiddleware, seconds=settings.body_timeout),
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins.split(),
@@ -133,8 +132,9 @@ def create_app(
                 allow_headers=["Authorization", "Content-Type", "Accept", "Prefer"],
                 expose_headers=["Location", "WWW-Authenticate", "Warning"],
                 max_age=600,
-            )
+            ),
         ],
-        exception_handlers={404: not_found, NotRecorded: not_recorded},
+        # Errors and outages, in each area's format (gateway/error_handlers.py).
+        exception_handlers={**error_handlers.handlers(), 404: not_found},
         lifespan=lifespan,
     )

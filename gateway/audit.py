@@ -11,17 +11,19 @@ Records are served as FHIR ``AuditEvent`` resources shaped after IHE BALP.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from starlette.responses import PlainTextResponse
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth.secrets import new_id
 from gateway.errors import NotRecorded
+from gateway.logs import redact
 from gateway.store.models import AuditRecord, as_utc, utcnow
 
 logger = logging.getLogger(__name__)
@@ -150,9 +152,16 @@ class AuditMiddleware:
     naming the caller's own patient, if any.
     """
 
-    def __init__(self, app: ASGIApp, api: str) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        api: str,
+        refusal: Callable[[Scope, Exception], Response] | None = None,
+    ) -> None:
         self.app = app
         self.api = api
+        # What goes out instead (the app passes one that answers an outage with a 503).
+        self.refusal = refusal or (lambda scope, exc: PlainTextResponse(NOT_RECORDED + "\n", 500))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":
@@ -170,11 +179,10 @@ class AuditMiddleware:
                 try:
                     if entries:
                         await services.audit.record(*entries)
-                except Exception:
+                except Exception as exc:
                     logger.warning("the answer is withheld: its audit record was not written")
                     failed = True
-                    refusal = PlainTextResponse(NOT_RECORDED + "\n", status_code=500)
-                    await refusal(scope, receive, send)
+                    await self.refusal(scope, exc)(scope, receive, send)
                     return
             if failed:
                 return  # the body of an answer that could not be recorded is dropped
@@ -196,7 +204,8 @@ class AuditMiddleware:
         if study is None and getattr(requirement, "resource_type", "") == "ImagingStudy":
             study = params.get("id")
         patients = sorted(getattr(seen, "patients", ()) or ()) if status < 400 else []
-        query = scope.get("query_string", b"").decode("latin-1")[:500]
+        # A token put in the URL is refused, and not kept in the trail either.
+        query = redact(scope.get("query_string", b"").decode("latin-1"))[:500]
         detail = f"{scope['method']} {scope.get('root_path', '')}{path}" + (
             f"?{query}" if query else ""
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,10 +14,13 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from gateway import __version__
 from gateway.auth import cli as auth_cli
 from gateway.importing import ImportReport, dicom_files, import_files, progress_bar
+from gateway.outages import outage
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.store.database import Database, DatabaseNotMigrated
 
@@ -86,13 +90,68 @@ def _prepare_database(settings: Settings, migrate: bool) -> None:
             await database.dispose()
 
     try:
+        _sqlite_opens(settings.effective_database_url)
         asyncio.run(run())
     except DatabaseNotMigrated as exc:
         console.print(f"[red]cannot start:[/red] {exc}")
         raise typer.Exit(2) from None
+    except Exception as exc:
+        _stop_if_unreachable(settings, exc, "cannot start")
+        raise
 
 
-def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
+def _stop_if_unreachable(settings: Settings, exc: Exception, what: str) -> None:
+    """One line and exit status 2 when ``exc`` says the database cannot be reached."""
+    if outage(exc) is None:
+        return
+    console.print(
+        f"[red]{what}:[/red] cannot reach the database at "
+        f"{escape(masked_url(settings.effective_database_url))} ({escape(_reason(exc))})",
+        soft_wrap=True,
+    )
+    raise typer.Exit(2) from None
+
+
+def _sqlite_opens(url: str) -> None:
+    """Open a SQLite file once, synchronously: when aiosqlite fails to, its worker thread
+    outlives the event loop and prints a traceback of its own after our one line."""
+    if not url.startswith("sqlite"):
+        return
+    path = make_url(url).database
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # as Database() does
+        sqlite3.connect(path).close()
+
+
+def masked_url(url: str) -> str:
+    """The database URL with its password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(an unreadable URL)"
+
+
+def _reason(exc: BaseException) -> str:
+    # The driver's own words, without SQLAlchemy's "Background on this error" line.
+    cause = exc.__cause__ or exc
+    text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    return text[:200]
+
+
+def server_options(settings: Settings, forwarded_allow_ips: str | None) -> dict[str, Any]:
+    """uvicorn's options for the client address: X-Forwarded-* only from proxies named."""
+    trusted = (
+        forwarded_allow_ips if forwarded_allow_ips is not None else settings.forwarded_allow_ips
+    ).strip()
+    if not trusted:
+        # No proxy trusted: the address is the peer's, whatever X-Forwarded-For says.
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": trusted}
+
+
+def _serve(
+    settings: Settings, host: str, port: int, workers: int, forwarded_allow_ips: str | None = None
+) -> None:
     import uvicorn
 
     uvicorn.run(
@@ -102,8 +161,8 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         log_level=settings.log_level,
-        proxy_headers=True,
         server_header=False,
+        **server_options(settings, forwarded_allow_ips),
     )
 
 
@@ -115,11 +174,22 @@ def serve(
     migrate: Annotated[
         bool, typer.Option("--migrate", help="Apply database migrations before serving.")
     ] = False,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            "--forwarded-allow-ips",
+            help=(
+                "Comma-separated addresses or networks of the reverse proxies whose "
+                "X-Forwarded-For and X-Forwarded-Proto are believed (* for any). "
+                "Default: GATEWAY_FORWARDED_ALLOW_IPS, empty: none."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Serve the gateway (FHIR at /fhir)."""
     settings = _settings()
     _prepare_database(settings, migrate)
-    _serve(settings, host, port, workers)
+    _serve(settings, host, port, workers, forwarded_allow_ips)
 
 
 # -- import --------------------------------------------------------------------
@@ -174,7 +244,12 @@ def _on_database(action: Callable[[Database], Awaitable[T]]) -> T:
         finally:
             await database.dispose()
 
-    return asyncio.run(run())
+    try:
+        _sqlite_opens(settings.effective_database_url)
+        return asyncio.run(run())
+    except Exception as exc:
+        _stop_if_unreachable(settings, exc, "failed")
+        raise
 
 
 @db_app.command("upgrade")

@@ -18,7 +18,8 @@ _DICOM_TIME = re.compile(r"(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?")
 _DICOM_OFFSET = re.compile(r"([+-])(\d{2})(\d{2})")
 _FHIR_DATE = re.compile(
     r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?"
-    r"(Z|[+-]\d{2}:\d{2})?)?)?)?"
+    r"(Z|[+-]\d{2}:\d{2})?)?)?)?",
+    re.ASCII,  # \d would take other scripts' digits too, and int() reads them
 )
 
 

@@ -107,6 +107,39 @@ class UpstreamTimeout(UpstreamError):
     code = "timeout"
 
 
+class ServiceUnavailable(GatewayError):
+    """Something the gateway needs is down for now: 503, and when to try again."""
+
+    status = 503
+    code = "transient"
+
+    def __init__(self, message: str, *, retry_after: int = 30) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database cannot be reached (refused, reset, timed out); see gateway.outages."""
+
+    def __init__(self, retry_after: int = 10) -> None:
+        super().__init__(
+            "The service is temporarily unavailable. Please try again in a moment.",
+            retry_after=retry_after,
+        )
+
+
+class RequestTimeout(GatewayError):
+    """The client stopped sending the body it announced; the connection is closed."""
+
+    status = 408
+    code = "timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"No part of the request body arrived for {seconds:g} seconds.",
+            headers={"Connection": "close"},
+        )
+
+
 class NotRecorded(GatewayError):
     """The audit record could not be written, so the action is not done (nothing is sent)."""
 

@@ -124,6 +124,21 @@ class Settings(BaseSettings):
         None,
         description="Folder of SMART apps served at /apps; empty: the checkout's smart_apps.",
     )
+    forwarded_allow_ips: str = Field(
+        "",
+        description=(
+            "Reverse proxies (comma-separated addresses or networks, * for any) whose "
+            "X-Forwarded-For and X-Forwarded-Proto are believed; empty: none, the peer "
+            "address is the client's."
+        ),
+    )
+    body_timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
+        30.0,
+        description=(
+            "Seconds a request body may go without sending a byte before the gateway "
+            "answers 408 and closes the connection."
+        ),
+    )
     cors_origins: str = Field(
         "*",
         description="Origins allowed to call the API from a browser: * or a space-separated list.",

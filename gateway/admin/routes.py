@@ -42,7 +42,7 @@ LETTER_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 INSUFFICIENT = f'Bearer realm="gateway", error="insufficient_scope", scope="{SCOPE}"'
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(["html"]),

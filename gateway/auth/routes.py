@@ -26,6 +26,9 @@ from gateway.audit import AuditEntry
 from gateway.auth import authorize, discovery, scopes
 from gateway.auth.client_auth import bearer_token, require_form
 from gateway.auth.clients import ClientKind, RegistrationError, describe
+from gateway.errors import BadRequest, GatewayError
+from gateway.numbers import whole_number
+from gateway.outages import outage
 from gateway.services import Services
 
 logger = logging.getLogger(__name__)
@@ -57,7 +60,11 @@ def oauth_endpoint(
             return await handler(request, request.state.services)
         except OAuth2Error as exc:
             return oauth_error(exc, request)
-        except Exception:
+        except GatewayError:
+            raise  # a body timeout, say: the app's handler answers (gateway/error_handlers.py)
+        except Exception as exc:
+            if outage(exc) is not None:
+                raise  # the app's handler answers 503 temporarily_unavailable
             logger.exception("unhandled error in %s %s", request.method, request.url.path)
             return JSONResponse(
                 {"error": "server_error", "error_description": "An internal error occurred."},
@@ -75,8 +82,12 @@ async def read_form(request: Request) -> dict[str, str]:
         raise InvalidRequestError(
             description="Send the parameters as a form (x-www-form-urlencoded)."
         )
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_FORM_BYTES:
+    length = request.headers.get("content-length")
+    try:
+        too_large = length is not None and whole_number("Content-Length", length) > MAX_FORM_BYTES
+    except BadRequest:
+        raise InvalidRequestError(description="Content-Length is not a whole number.") from None
+    if too_large:
         raise InvalidRequestError(description="The request is too large.")
     form = await request.form(max_files=0, max_fields=64)
     values: dict[str, str] = {}

@@ -11,6 +11,7 @@ from starlette.datastructures import QueryParams
 from gateway.dicomweb.dicomjson import is_uid
 from gateway.dicomweb.matching import InvalidFilter, validate
 from gateway.errors import BadRequest
+from gateway.numbers import whole_number
 
 TAG = re.compile(r"[0-9A-Fa-f]{8}")
 CONTROL = frozenset({"includefield", "fuzzymatching", "limit", "offset", "accept", "charset"})
@@ -61,9 +62,7 @@ def parse(params: QueryParams) -> Query:
                 raise BadRequest("fuzzymatching must be true or false.")
             query.fuzzy = value == "true"
         elif name in ("limit", "offset"):
-            if not value.isdigit():
-                raise BadRequest(f"{name} must be a non-negative whole number.")
-            number = int(value)
+            number = whole_number(name, value)
             if name == "limit":
                 query.limit = min(number, MAX_LIMIT)
             else:

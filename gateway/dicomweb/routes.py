@@ -23,6 +23,8 @@ from starlette.routing import BaseRoute, Route
 from gateway.authorization import requires
 from gateway.dicomweb import bulkdata, qido, rendering, stow
 from gateway.errors import BadRequest, GatewayError, NotAcceptable, PayloadTooLarge
+from gateway.numbers import whole_number
+from gateway.outages import outage
 from gateway.records.access import Access
 from gateway.records.images import RenderRequest, Retrieved, Target
 from gateway.services import Services
@@ -48,7 +50,9 @@ def dicomweb_endpoint(
             return await handler(request, request.state.services)
         except GatewayError as exc:
             return error_response(exc.status, exc.message, exc.headers)
-        except Exception:
+        except Exception as exc:
+            if outage(exc) is not None:
+                raise  # the app's handler answers 503 (gateway/error_handlers.py)
             logger.exception("unhandled error in %s %s", request.method, request.url.path)
             return error_response(500, "An internal error occurred.")
 
@@ -210,8 +214,8 @@ async def store_instances(request: Request, services: Services, access: Access) 
     """STOW-RS: 200 all stored, 202 some failed, 409 none stored (PS3.18 10.5.3)."""
     boundary = stow.boundary_of(request.headers.get("content-type", ""))
     limit = services.settings.stow_max_bytes
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
+    length = request.headers.get("content-length")
+    if length is not None and whole_number("Content-Length", length) > limit:
         raise PayloadTooLarge(f"The upload exceeds the limit of {limit} bytes.")
     expected = request.path_params.get("study")
     if expected:
@@ -232,9 +236,9 @@ def rendered_endpoint(thumbnail: bool) -> Callable[[Request], Awaitable[Response
         # The ``accept`` query parameter overrides the Accept header (PS3.18 8.3.3.1).
         accept = request.query_params.get("accept") or request.headers.get("accept", "")
         window = rendering.parse_window(request.query_params.get("window"))
-        quality_text = request.query_params.get("quality", "90")
-        if not quality_text.isdigit() or not 1 <= int(quality_text) <= 100:
-            raise BadRequest("quality must be a whole number from 1 to 100.")
+        quality = whole_number(
+            "quality", request.query_params.get("quality", "90"), minimum=1, maximum=100
+        )
         frame_text = request.path_params.get("frame", "1")
         if not rendering.FRAME_LIST.fullmatch(frame_text):
             raise BadRequest(f"'{frame_text[:40]}' is not a frame number (1, 2, ...).")
@@ -242,7 +246,7 @@ def rendered_endpoint(thumbnail: bool) -> Callable[[Request], Awaitable[Response
             accept=accept,
             frame=int(frame_text),
             window=window,
-            quality=int(quality_text),
+            quality=quality,
             thumbnail=thumbnail,
             whole_instance=not thumbnail and "frame" not in request.path_params,
         )

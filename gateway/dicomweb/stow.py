@@ -66,12 +66,15 @@ async def spool(chunks: AsyncIterator[bytes], limit: int) -> IO[bytes]:
     """The body in a temporary file (memory up to 1 MiB, then disk); 413 past ``limit``."""
     spooled: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=IN_MEMORY)
     size = 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            spooled.close()
-            raise PayloadTooLarge(f"The upload exceeds the limit of {limit} bytes.")
-        await anyio.to_thread.run_sync(spooled.write, chunk)
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The upload exceeds the limit of {limit} bytes.")
+            await anyio.to_thread.run_sync(spooled.write, chunk)
+    except BaseException:
+        spooled.close()  # too large, stalled (408) or disconnected: the spool goes now
+        raise
     spooled.seek(0)
     return spooled
 

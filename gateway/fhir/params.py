@@ -14,6 +14,7 @@ from starlette.datastructures import QueryParams
 
 from gateway.dates import Moment, parse_fhir_datetime
 from gateway.errors import BadRequest
+from gateway.numbers import whole_number
 
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 DATE_PREFIXES = ("eq", "ne", "gt", "ge", "lt", "le")
@@ -157,15 +158,11 @@ def paging(request: SearchRequest, default_count: int, max_count: int) -> Paging
     counts = request.all("_count")
     count = default_count
     if counts:
-        if not counts[-1].isdigit():
-            raise BadRequest(f"Parameter '_count': '{counts[-1]}' is not a whole number.")
-        count = min(int(counts[-1]), max_count)
+        count = min(whole_number("_count", counts[-1]), max_count)
     offsets = request.all("_offset")
     offset = 0
     if offsets:
-        if not offsets[-1].isdigit():
-            raise BadRequest(f"Parameter '_offset': '{offsets[-1]}' is not a whole number.")
-        offset = int(offsets[-1])
+        offset = whole_number("_offset", offsets[-1])
     summaries = request.all("_summary")
     summary_count = False
     if summaries:

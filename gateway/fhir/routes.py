@@ -27,6 +27,7 @@ from gateway.fhir.document_mapping import DICOM
 from gateway.fhir.mapping import Resource
 from gateway.fhir.params import Paging, SearchRequest, paging
 from gateway.fhir.responses import JSON_FORMATS, FhirResponse, negotiate, operation_outcome
+from gateway.outages import outage
 from gateway.records.access import Access
 from gateway.services import Services
 from gateway.settings import Settings
@@ -46,7 +47,9 @@ def fhir_endpoint(handler: Endpoint) -> Callable[[Request], Awaitable[Response]]
             return await handler(request, request.state.services)
         except GatewayError as exc:
             return error_response(exc)
-        except Exception:
+        except Exception as exc:
+            if outage(exc) is not None:
+                raise  # the app's handler answers 503 (gateway/error_handlers.py)
             logger.exception("unhandled error in %s %s", request.method, request.url.path)
             return FhirResponse(
                 operation_outcome(500, "exception", "An internal error occurred."),
@@ -386,7 +389,9 @@ async def read_binary(request: Request) -> Response:
         return await _binary(request, services)
     except GatewayError as exc:
         return error_response(exc)
-    except Exception:
+    except Exception as exc:
+        if outage(exc) is not None:
+            raise  # the app's handler answers 503 (gateway/error_handlers.py)
         logger.exception("unhandled error in %s %s", request.method, request.url.path)
         return FhirResponse(
             operation_outcome(500, "exception", "An internal error occurred."), status_code=500
@@ -410,6 +415,15 @@ async def not_supported(request: Request, services: Services) -> Response:
         "Consent",
         "metadata",
     )
+    if request.method in ("GET", "HEAD") and path.rstrip("/") == "metadata":
+        return await metadata(request)  # some clients add a slash to every path
+    if request.method in ("GET", "HEAD") and path.split("/", 1)[0] in known:
+        return FhirResponse(
+            operation_outcome(
+                404, "not-found", f"There is nothing at '{path[:80]}'; check the address."
+            ),
+            status_code=404,
+        )
     if path.split("/", 1)[0] in known:
         return FhirResponse(
             operation_outcome(405, "not-supported", f"{request.method} is not supported here."),

@@ -18,6 +18,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 
 from gateway.auth.attempts import TooManyAttempts
 from gateway.auth.sessions import csrf_ok
+from gateway.numbers import whole_number
 from gateway.portal.gates import PORTAL_COOKIE, portal_patient
 from gateway.services import Services
 from gateway.store.models import Account, BrowserSession
@@ -67,18 +68,18 @@ def message(services: Services, status: int, title: str, text: str, **values: An
 
 
 def image_number(request: Request) -> int:
-    """The 1-based image of a study page (``?image=``); 1 for anything unreadable."""
-    return _ordinal(request.query_params.get("image", "1"))
+    """The 1-based image of a study page (``?image=``); 400 when it is not a number."""
+    return _ordinal(request, "image")
 
 
 def page_number(request: Request) -> int:
-    """The 1-based page of a long list (``?page=``); 1 for anything unreadable."""
-    return _ordinal(request.query_params.get("page", "1"))
+    """The 1-based page of a long list (``?page=``); 400 when it is not a number."""
+    return _ordinal(request, "page")
 
 
-def _ordinal(text: str) -> int:
-    # isascii: superscripts and other scripts' digits pass isdigit() but not int().
-    return max(1, int(text)) if text.isascii() and text.isdigit() and len(text) < 7 else 1
+def _ordinal(request: Request, name: str) -> int:
+    # Past the end is the last image or page (the caller clamps); 0 is the first.
+    return max(1, whole_number(name, request.query_params.get(name, "1"), maximum=999_999))
 
 
 def set_cookie(response: Response, services: Services, name: str, value: str, path: str) -> None:

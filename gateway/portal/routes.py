@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from gateway import error_handlers
 from gateway.audit import AuditEntry, AuditMiddleware
 from gateway.auth import jacket, scopes
 from gateway.auth.accounts import AccountError
@@ -327,7 +328,7 @@ def routes() -> list[BaseRoute]:
             "/dicomweb",
             routes=dicomweb_routes.viewing_routes(),
             middleware=[
-                Middleware(AuditMiddleware, api="dicomweb"),
+                Middleware(AuditMiddleware, api="dicomweb", refusal=error_handlers.audit_failure),
                 Middleware(ImageGate, who="portal"),
             ],
         ),

@@ -16,8 +16,9 @@ from starlette.routing import BaseRoute, Route
 from gateway.audit import AuditEntry
 from gateway.auth import jacket
 from gateway.authorization import patient_access
-from gateway.errors import NotRecorded
+from gateway.errors import BadRequest, NotRecorded
 from gateway.mail import MailError, share_message
+from gateway.numbers import whole_number
 from gateway.portal.pages import message, moment, redirect, render, signed_in, signed_in_form
 from gateway.portal.shares import ShareError, ShareState, creation_entry, state_of
 from gateway.services import Services
@@ -94,6 +95,14 @@ async def shares(
     return await _page(services, browser, account, withdrawn=request.query_params.get("withdrawn"))
 
 
+def _days(text: str) -> int:
+    """The chosen lifetime; 0, which the share service refuses in words, when not a number."""
+    try:
+        return whole_number("days", text, maximum=9999)
+    except BadRequest:
+        return 0
+
+
 @signed_in_form(_page)
 async def create(
     request: Request, services: Services, browser: BrowserSession, account: Account
@@ -109,7 +118,7 @@ async def create(
             account_id=account.id,
             patient_fhir_id=account.patient_fhir_id or "",
             studies=chosen,
-            days=int(days_text) if days_text.isdigit() and len(days_text) < 5 else 0,
+            days=_days(days_text),
             label=str(fields.get("label", "")),
             email=str(fields.get("email", "")),
         )
