@@ -20,11 +20,14 @@ from starlette.types import ASGIApp
 from gateway import __version__, logs, operations
 from gateway.admin import routes as admin_routes
 from gateway.audit import NOT_RECORDED, AuditMiddleware
+from gateway.auth import authorize as auth_authorize
 from gateway.auth import routes as auth_routes
 from gateway.auth.enforcement import BearerTokenMiddleware
 from gateway.dicomweb import routes as dicomweb_routes
 from gateway.errors import NotRecorded
 from gateway.fhir import routes as fhir_routes
+from gateway.forms import BodyRejected
+from gateway.portal import pages as portal_pages
 from gateway.portal import recipient
 from gateway.portal import routes as portal_routes
 from gateway.security_headers import SecurityHeadersMiddleware
@@ -97,6 +100,15 @@ def create_app(
         # A page or OAuth action whose audit record failed: undone, and said so plainly.
         return PlainTextResponse(NOT_RECORDED + "\n", status_code=500)
 
+    async def body_rejected(request: Request, exc: Exception) -> Response:
+        # A page's form over its limits (the OAuth API routes answer their own JSON).
+        assert isinstance(exc, BodyRejected)
+        if request.url.path.startswith(("/portal", "/share")):
+            services: Services = request.state.services
+            title = "The form could not be read"
+            return portal_pages.message(services, exc.status, title, exc.message)
+        return auth_authorize.error_page(exc.message, exc.status)
+
     return _Gateway(
         routes=[
             *auth_routes.discovery_routes(),
@@ -135,6 +147,10 @@ def create_app(
                 max_age=600,
             )
         ],
-        exception_handlers={404: not_found, NotRecorded: not_recorded},
+        exception_handlers={
+            404: not_found,
+            NotRecorded: not_recorded,
+            BodyRejected: body_rejected,
+        },
         lifespan=lifespan,
     )

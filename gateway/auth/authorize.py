@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway import forms
 from gateway.audit import AuditEntry
 from gateway.auth import jacket, scopes
 from gateway.auth.accounts import AccountError
@@ -64,8 +65,8 @@ def page(name: str, status: int = 200, **values: Any) -> HTMLResponse:
     )
 
 
-def error_page(message: str) -> HTMLResponse:
-    return page("error.html", 400, message=message)
+def error_page(message: str, status: int = 400) -> HTMLResponse:
+    return page("error.html", status, message=message)
 
 
 def redirect_to_app(redirect_uri: str, params: dict[str, str]) -> RedirectResponse:
@@ -76,6 +77,7 @@ def redirect_to_app(redirect_uri: str, params: dict[str, str]) -> RedirectRespon
 
 
 NO_CACHE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+LAUNCH_BODY_BYTES = 64 << 10
 
 
 def same_audience(aud: str, fhir_base: str) -> bool:
@@ -93,7 +95,7 @@ async def authorize(request: Request) -> Response:
     services: Services = request.state.services
     params = dict(request.query_params)
     if request.method == "POST":
-        form = await request.form(max_files=0, max_fields=64)
+        form = await forms.read_form(request, max_fields=64, max_bytes=forms.PAGE_FORM_BYTES)
         params = {k: v for k, v in form.items() if isinstance(v, str)}
     client = await services.auth.clients.get(params.get("client_id", ""))
     if client is None:
@@ -198,7 +200,7 @@ async def signin(request: Request) -> Response:
         if browser is None or pending is None:
             return error_page("The sign-in request has expired or belongs to another browser.")
         return await _signin_page(services, browser, pending, request_id)
-    form = await request.form(max_files=0, max_fields=16)
+    form = await forms.read_form(request, max_fields=16, max_bytes=forms.PAGE_FORM_BYTES)
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     request_id = fields.get("request", "")
     browser, pending = await _pending(request, services, request_id)
@@ -297,7 +299,9 @@ async def consent(request: Request) -> Response:
         request_id = request.query_params.get("request", "")
         fields: dict[str, Any] = {}
     else:
-        form = await request.form(max_files=0, max_fields=jacket.MAX_STUDIES + 128)
+        form = await forms.read_form(
+            request, max_fields=jacket.MAX_STUDIES + 128, max_bytes=forms.PAGE_FORM_BYTES
+        )
         fields = {
             name: [v for v in form.getlist(name) if isinstance(v, str)]
             for name in ("scope", "study")
@@ -481,7 +485,11 @@ async def create_launch(request: Request) -> Response:
             status_code=403,
         )
     try:
-        body = orjson.loads(await request.body())
+        body = orjson.loads(await forms.read_body(request, LAUNCH_BODY_BYTES))
+    except forms.BodyRejected as exc:
+        return JSONResponse(
+            {"error": "invalid_request", "error_description": exc.message}, status_code=exc.status
+        )
     except orjson.JSONDecodeError:
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("patient"), str):

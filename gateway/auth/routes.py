@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway import forms
 from gateway.audit import AuditEntry
 from gateway.auth import authorize, discovery, scopes
 from gateway.auth.client_auth import bearer_token, require_form
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 MAX_FORM_BYTES = 64 << 10
+MAX_FORM_FIELDS = 64
 
 
 def oauth_error(exc: OAuth2Error, request: Request | None = None) -> JSONResponse:
@@ -75,10 +77,10 @@ async def read_form(request: Request) -> dict[str, str]:
         raise InvalidRequestError(
             description="Send the parameters as a form (x-www-form-urlencoded)."
         )
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_FORM_BYTES:
-        raise InvalidRequestError(description="The request is too large.")
-    form = await request.form(max_files=0, max_fields=64)
+    try:
+        form = await forms.read_form(request, max_fields=MAX_FORM_FIELDS, max_bytes=MAX_FORM_BYTES)
+    except forms.BodyRejected as exc:
+        raise InvalidRequestError(description=exc.message) from None
     values: dict[str, str] = {}
     for name, value in form.multi_items():
         if not isinstance(value, str):
