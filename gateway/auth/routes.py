@@ -160,22 +160,35 @@ async def _token(request: Request, services: Services, form: dict[str, str]) -> 
 
 @oauth_endpoint
 async def introspect(request: Request, services: Services) -> Response:
-    """RFC 7662, for a client (Basic or assertion) or any holder of a valid bearer token."""
+    """RFC 7662, for authenticated callers only (401 ``invalid_client`` otherwise).
+
+    A confidential client (HTTP Basic or a signed assertion) learns about any token:
+    that is how a resource server asks. A public client, which only names itself,
+    and the holder of a bearer token learn only about tokens issued to that same
+    client; any other token is ``{"active": false}``, so one app cannot read
+    another app's patient, user or scope.
+    """
     form = await read_form(request)
     authorization = request.headers.get("authorization")
     caller_token = bearer_token(authorization)
     if caller_token:
-        if await services.auth.tokens.check(caller_token) is None:
+        caller = await services.auth.tokens.check(caller_token)
+        if caller is None:
             return JSONResponse(
                 {"error": "invalid_token", "error_description": "The bearer token is not valid."},
                 status_code=401,
                 headers={**NO_STORE, "WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
+        confined_to: str | None = caller.client_id
     else:
-        await services.auth.client_auth.authenticate(
-            {k: v for k, v in form.items() if k != "token"}, authorization
+        client = await services.auth.client_auth.authenticate(
+            {k: v for k, v in form.items() if k not in ("token", "token_type_hint")},
+            authorization,
         )
-    answer = await services.auth.tokens.introspect(require_form(form, "token"))
+        confined_to = client.client_id if client.kind == ClientKind.public else None
+    answer = await services.auth.tokens.introspect(
+        require_form(form, "token"), issued_to=confined_to
+    )
     return JSONResponse(answer, headers=NO_STORE)
 
 

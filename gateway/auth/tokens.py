@@ -370,10 +370,13 @@ class TokenService:
             issued_at=as_utc(row.created_at),
         )
 
-    async def introspect(self, token: str) -> dict[str, Any]:
-        """RFC 7662: the token's facts when active, and exactly ``{"active": false}`` otherwise."""
+    async def introspect(self, token: str, issued_to: str | None = None) -> dict[str, Any]:
+        """RFC 7662: the token's facts when active, and exactly ``{"active": false}`` otherwise.
+
+        With ``issued_to``, a token issued to another client is not active for the caller.
+        """
         checked = await self.check(token)
-        if checked is None:
+        if checked is None or (issued_to is not None and checked.client_id != issued_to):
             return {"active": False}
         answer: dict[str, Any] = {
             "active": True,
