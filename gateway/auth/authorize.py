@@ -27,7 +27,7 @@ from gateway.auth.accounts import AccountError
 from gateway.auth.attempts import TooManyAttempts, client_address
 from gateway.auth.client_auth import bearer_token
 from gateway.auth.clients import ClientKind
-from gateway.auth.sessions import COOKIE, csrf_ok
+from gateway.auth.sessions import COOKIE, PendingGone, csrf_ok
 from gateway.authorization import patient_access
 from gateway.services import Services
 from gateway.store.models import Account, BrowserSession, OAuthClient
@@ -37,6 +37,7 @@ templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(["html"]),
 )
+ANSWERED = "This request was answered already (the form was sent twice?)."
 SIGN_IN_FAILED = "The sign-in details are not right, or the account is locked for a while."
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
@@ -346,41 +347,39 @@ async def consent(request: Request) -> Response:
         )
     if not csrf_ok(browser, fields.get("csrf_token")):
         return error_page("The form was not sent from this server's page.")
-    await services.auth.browser_sessions.drop_pending(request_id)
+    # The request is consumed only together with its answer (a grant and its code, or a
+    # refusal) and that answer's audit record: in one transaction, or not at all.
+    sessions = services.auth.browser_sessions
     state = pending["state"]
+
+    async def refused(description: str, *audited: AuditEntry) -> Response:
+        if not await sessions.drop_pending(request_id, services.audit.adding(*audited)):
+            return error_page(ANSWERED)
+        return redirect_to_app(
+            pending["redirect_uri"],
+            {"error": "access_denied", "error_description": description, "state": state},
+        )
+
     if fields.get("decision") != "approve":
-        await services.audit.record(
+        return await refused(
+            "The user said no.",
             AuditEntry(
                 category="consent",
                 action="deny",
                 outcome=403,
                 client_id=client.client_id,
                 patient=account.patient_fhir_id,
-            )
-        )
-        return redirect_to_app(
-            pending["redirect_uri"],
-            {"error": "access_denied", "error_description": "The user said no.", "state": state},
+            ),
         )
     ticked = set(fields.get("scope", []))
     granted = [s for s in offered if s in ticked]
     if not granted:
-        return redirect_to_app(
-            pending["redirect_uri"],
-            {"error": "access_denied", "error_description": "Nothing was allowed.", "state": state},
-        )
+        return await refused("Nothing was allowed.")
     context = _context(services, account, pending, granted)
     if studies is not None:
         chosen = _chosen_studies(fields, studies)
         if chosen is None:
-            return redirect_to_app(
-                pending["redirect_uri"],
-                {
-                    "error": "access_denied",
-                    "error_description": "No study was chosen.",
-                    "state": state,
-                },
-            )
+            return await refused("No study was chosen.")
         if chosen != "all":
             context["studies"] = chosen
             context["fhirContext"] = [{"reference": f"ImagingStudy/{uid}"} for uid in chosen]
@@ -389,28 +388,30 @@ async def consent(request: Request) -> Response:
         if until:
             context["consent_until"] = until
     chosen_studies = context.get("studies")
-    await services.audit.record(
-        AuditEntry(
-            category="consent",
-            action="grant",
-            outcome=200,
-            client_id=client.client_id,
-            user=context.get("fhirUser"),
-            patient=context.get("patient") or account.patient_fhir_id,
-            detail=f"scope: {' '.join(granted)}; studies: "
-            + (", ".join(chosen_studies) if isinstance(chosen_studies, list) else "all")
-            + (f"; until {context['consent_until']}" if context.get("consent_until") else ""),
-        )
-    )
-    code = await services.auth.tokens.create_code(
+    audited = AuditEntry(
+        category="consent",
+        action="grant",
+        outcome=200,
         client_id=client.client_id,
-        account_id=account.id,
-        scope=granted,
-        context=context,
-        redirect_uri=pending["redirect_uri"],
-        code_challenge=pending["code_challenge"],
-        nonce=pending.get("nonce"),
+        user=context.get("fhirUser"),
+        patient=context.get("patient") or account.patient_fhir_id,
+        detail=f"scope: {' '.join(granted)}; studies: "
+        + (", ".join(chosen_studies) if isinstance(chosen_studies, list) else "all")
+        + (f"; until {context['consent_until']}" if context.get("consent_until") else ""),
     )
+    try:
+        code = await services.auth.tokens.create_code(
+            client_id=client.client_id,
+            account_id=account.id,
+            scope=granted,
+            context=context,
+            redirect_uri=pending["redirect_uri"],
+            code_challenge=pending["code_challenge"],
+            nonce=pending.get("nonce"),
+            also=(sessions.consuming(request_id), services.audit.adding(audited)),
+        )
+    except PendingGone:
+        return error_page(ANSWERED)
     return redirect_to_app(pending["redirect_uri"], {"code": code, "state": state})
 
 

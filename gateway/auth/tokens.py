@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from gateway.auth import scopes
 from gateway.auth.keys import KeyStore
 from gateway.auth.secrets import digest, new_id, new_token, same
+from gateway.auth.sessions import InTransaction
 from gateway.settings import Settings
 from gateway.store.models import (
     AuthorizationCode,
@@ -109,7 +111,10 @@ class TokenService:
         redirect_uri: str,
         code_challenge: str,
         nonce: str | None,
+        also: Sequence[InTransaction] = (),
     ) -> str:
+        """A grant and its code; ``also`` (consuming the pending request, the consent's
+        audit record) commits in the same transaction, or none of it does."""
         code = new_token()
         grant = Grant(
             id=new_id(),
@@ -120,6 +125,8 @@ class TokenService:
         )
         lifetime = timedelta(seconds=self.settings.authorization_code_seconds)
         async with self.sessions() as session:
+            for step in also:
+                await step(session)
             session.add(grant)
             session.add(
                 AuthorizationCode(
