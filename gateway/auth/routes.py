@@ -24,7 +24,8 @@ from starlette.routing import BaseRoute, Route
 
 from gateway import forms
 from gateway.audit import AuditEntry
-from gateway.auth import authorize, discovery, scopes
+from gateway.auth import authorize, discovery, registration, scopes
+from gateway.auth.attempts import TooManyAttempts, client_address
 from gateway.auth.client_auth import bearer_token, require_form
 from gateway.auth.clients import ClientKind, RegistrationError, describe
 from gateway.services import Services
@@ -208,7 +209,7 @@ async def revoke(request: Request, services: Services) -> Response:
 
 
 async def register(request: Request) -> Response:
-    """RFC 7591 dynamic registration, for public clients only."""
+    """RFC 7591 dynamic registration, for public clients only, bounded and rate-limited."""
     services: Services = request.state.services
     if not services.settings.dynamic_registration:
         return JSONResponse(
@@ -216,29 +217,35 @@ async def register(request: Request) -> Response:
             status_code=403,
         )
     try:
-        metadata = orjson.loads(await request.body())
+        # Counted before the body is read: every request costs the address a try.
+        await services.auth.registrations.take("register", client_address(request))
+    except TooManyAttempts as exc:
+        return JSONResponse(
+            {
+                "error": "temporarily_unavailable",
+                "error_description": "Too many registrations from this address; "
+                f"try again in {exc.retry_after} seconds.",
+            },
+            status_code=429,
+            headers={**NO_STORE, "Retry-After": str(exc.retry_after)},
+        )
+    try:
+        body = await forms.read_body(request, registration.MAX_BODY_BYTES)
+    except forms.BodyRejected as exc:
+        return _registration_error("invalid_client_metadata", exc.message, exc.status)
+    try:
+        metadata = registration.public_client(orjson.loads(body))
     except orjson.JSONDecodeError:
-        metadata = None
-    if not isinstance(metadata, dict):
         return _registration_error("invalid_client_metadata", "The body must be a JSON object.")
-    method = metadata.get("token_endpoint_auth_method", "none")
-    if method != "none":
-        return _registration_error(
-            "invalid_client_metadata",
-            "Only public clients (token_endpoint_auth_method none) may register here.",
-        )
-    uris = metadata.get("redirect_uris")
-    if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
-        return _registration_error(
-            "invalid_redirect_uri", "redirect_uris must list at least one URI."
-        )
-    name = metadata.get("client_name") or "Unnamed app"
-    scope = metadata.get("scope") or ""
-    if not isinstance(name, str) or not isinstance(scope, str):
-        return _registration_error("invalid_client_metadata", "client_name and scope are strings.")
+    except registration.RegistrationRefused as exc:
+        return _registration_error(exc.error, exc.description)
     try:
         created = await services.auth.clients.add(
-            name=name[:200], kind=ClientKind.public, redirect_uris=uris, scope=scope, dynamic=True
+            name=metadata.name,
+            kind=ClientKind.public,
+            redirect_uris=metadata.redirect_uris,
+            scope=metadata.scope,
+            dynamic=True,
         )
     except RegistrationError as exc:
         error = "invalid_redirect_uri" if "redirect" in str(exc) else "invalid_client_metadata"
@@ -247,16 +254,18 @@ async def register(request: Request) -> Response:
     answer.update(
         {
             "client_id_issued_at": int(created.client.created_at.timestamp()),
-            "grant_types": ["authorization_code", "refresh_token"],
-            "response_types": ["code"],
+            "grant_types": list(registration.GRANT_TYPES),
+            "response_types": list(registration.RESPONSE_TYPES),
         }
     )
     answer = {k: v for k, v in answer.items() if v is not None}
     return JSONResponse(answer, status_code=201, headers=NO_STORE)
 
 
-def _registration_error(error: str, description: str) -> JSONResponse:
-    return JSONResponse({"error": error, "error_description": description}, status_code=400)
+def _registration_error(error: str, description: str, status: int = 400) -> JSONResponse:
+    return JSONResponse(
+        {"error": error, "error_description": description}, status_code=status, headers=NO_STORE
+    )
 
 
 async def smart_configuration(request: Request) -> Response:
