@@ -149,9 +149,9 @@ class TokenService:
 
         Every check comes before the code is spent, so a request from another client,
         with another redirect_uri or with a wrong verifier leaves the code to its own
-        app. Trying verifiers one after another does not help: a verifier carries at
-        least 43 characters of entropy (RFC 7636 4.1, 256 bits from the apps here),
-        against a code that lives a minute.
+        app. Wrong verifiers need no counter: RFC 7636 4.1 asks for a verifier of at
+        least 43 characters from a source of 256 bits of randomness, and guessing one
+        for a code that lives a minute is hopeless.
 
         The code is spent with one conditional ``UPDATE ... WHERE used_at IS NULL``: of
         parallel redemptions exactly one gets the row, on SQLite (where ``SELECT ... FOR
