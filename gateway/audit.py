@@ -11,7 +11,7 @@ Records are served as FHIR ``AuditEvent`` resources shaped after IHE BALP.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -71,22 +71,7 @@ class Auditor:
         """Commit the records together, or raise NotRecorded: callers must not go on without."""
         try:
             async with self.sessions() as session:
-                for entry in entries:
-                    session.add(
-                        AuditRecord(
-                            id=new_id(),
-                            recorded=utcnow(),
-                            category=entry.category,
-                            action=entry.action,
-                            outcome=entry.outcome,
-                            client_id=entry.client_id,
-                            user=entry.user,
-                            patient=entry.patient,
-                            study=entry.study,
-                            detail=entry.detail[:2000],
-                            purpose=entry.purpose,
-                        )
-                    )
+                session.add_all(_row(entry) for entry in entries)
                 await session.commit()
         except Exception:
             first = entries[0] if entries else None
@@ -96,6 +81,14 @@ class Auditor:
                 first.action if first else "-",
             )
             raise NotRecorded(NOT_RECORDED) from None
+
+    def adding(self, *entries: AuditEntry) -> Callable[[AsyncSession], Awaitable[None]]:
+        """The records, for another change's transaction: they commit with it, or not at all."""
+
+        async def add(session: AsyncSession) -> None:
+            session.add_all(_row(entry) for entry in entries)
+
+        return add
 
     async def search(
         self,
@@ -131,6 +124,22 @@ class Auditor:
     async def get(self, record_id: str) -> AuditRecord | None:
         async with self.sessions() as session:
             return await session.get(AuditRecord, record_id)
+
+
+def _row(entry: AuditEntry) -> AuditRecord:
+    return AuditRecord(
+        id=new_id(),
+        recorded=utcnow(),
+        category=entry.category,
+        action=entry.action,
+        outcome=entry.outcome,
+        client_id=entry.client_id,
+        user=entry.user,
+        patient=entry.patient,
+        study=entry.study,
+        detail=entry.detail[:2000],
+        purpose=entry.purpose,
+    )
 
 
 def _action(api: str, method: str, path: str) -> str:

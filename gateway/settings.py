@@ -82,6 +82,13 @@ class Settings(BaseSettings):
     dynamic_registration: bool = Field(
         True, description="Allow RFC 7591 registration of public clients at /oauth/register."
     )
+    registrations_per_ip: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        20,
+        description=(
+            "Dynamic registrations (accepted or refused) one client address may ask for in "
+            "15 minutes before it is told to wait (HTTP 429)."
+        ),
+    )
     jwks_cache_seconds: Annotated[int, Field(ge=0, le=86_400)] = 300
     release_delay_hours: Annotated[float, Field(ge=0, le=24 * 365)] = Field(
         72.0,

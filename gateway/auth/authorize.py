@@ -20,13 +20,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway import forms
 from gateway.audit import AuditEntry
 from gateway.auth import jacket, scopes
 from gateway.auth.accounts import AccountError
 from gateway.auth.attempts import TooManyAttempts, client_address
 from gateway.auth.client_auth import bearer_token
 from gateway.auth.clients import ClientKind
-from gateway.auth.sessions import COOKIE, csrf_ok
+from gateway.auth.sessions import COOKIE, PendingGone, csrf_ok
 from gateway.authorization import patient_access
 from gateway.services import Services
 from gateway.store.models import Account, BrowserSession, OAuthClient
@@ -36,6 +37,7 @@ templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(["html"]),
 )
+ANSWERED = "This request was answered already (the form was sent twice?)."
 SIGN_IN_FAILED = "The sign-in details are not right, or the account is locked for a while."
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
@@ -64,8 +66,8 @@ def page(name: str, status: int = 200, **values: Any) -> HTMLResponse:
     )
 
 
-def error_page(message: str) -> HTMLResponse:
-    return page("error.html", 400, message=message)
+def error_page(message: str, status: int = 400) -> HTMLResponse:
+    return page("error.html", status, message=message)
 
 
 def redirect_to_app(redirect_uri: str, params: dict[str, str]) -> RedirectResponse:
@@ -76,6 +78,7 @@ def redirect_to_app(redirect_uri: str, params: dict[str, str]) -> RedirectRespon
 
 
 NO_CACHE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+LAUNCH_BODY_BYTES = 64 << 10
 
 
 def same_audience(aud: str, fhir_base: str) -> bool:
@@ -93,7 +96,7 @@ async def authorize(request: Request) -> Response:
     services: Services = request.state.services
     params = dict(request.query_params)
     if request.method == "POST":
-        form = await request.form(max_files=0, max_fields=64)
+        form = await forms.read_form(request, max_fields=64, max_bytes=forms.PAGE_FORM_BYTES)
         params = {k: v for k, v in form.items() if isinstance(v, str)}
     client = await services.auth.clients.get(params.get("client_id", ""))
     if client is None:
@@ -198,7 +201,7 @@ async def signin(request: Request) -> Response:
         if browser is None or pending is None:
             return error_page("The sign-in request has expired or belongs to another browser.")
         return await _signin_page(services, browser, pending, request_id)
-    form = await request.form(max_files=0, max_fields=16)
+    form = await forms.read_form(request, max_fields=16, max_bytes=forms.PAGE_FORM_BYTES)
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     request_id = fields.get("request", "")
     browser, pending = await _pending(request, services, request_id)
@@ -297,7 +300,9 @@ async def consent(request: Request) -> Response:
         request_id = request.query_params.get("request", "")
         fields: dict[str, Any] = {}
     else:
-        form = await request.form(max_files=0, max_fields=jacket.MAX_STUDIES + 128)
+        form = await forms.read_form(
+            request, max_fields=jacket.MAX_STUDIES + 128, max_bytes=forms.PAGE_FORM_BYTES
+        )
         fields = {
             name: [v for v in form.getlist(name) if isinstance(v, str)]
             for name in ("scope", "study")
@@ -342,41 +347,39 @@ async def consent(request: Request) -> Response:
         )
     if not csrf_ok(browser, fields.get("csrf_token")):
         return error_page("The form was not sent from this server's page.")
-    await services.auth.browser_sessions.drop_pending(request_id)
+    # The request is consumed only together with its answer (a grant and its code, or a
+    # refusal) and that answer's audit record: in one transaction, or not at all.
+    sessions = services.auth.browser_sessions
     state = pending["state"]
+
+    async def refused(description: str, *audited: AuditEntry) -> Response:
+        if not await sessions.drop_pending(request_id, services.audit.adding(*audited)):
+            return error_page(ANSWERED)
+        return redirect_to_app(
+            pending["redirect_uri"],
+            {"error": "access_denied", "error_description": description, "state": state},
+        )
+
     if fields.get("decision") != "approve":
-        await services.audit.record(
+        return await refused(
+            "The user said no.",
             AuditEntry(
                 category="consent",
                 action="deny",
                 outcome=403,
                 client_id=client.client_id,
                 patient=account.patient_fhir_id,
-            )
-        )
-        return redirect_to_app(
-            pending["redirect_uri"],
-            {"error": "access_denied", "error_description": "The user said no.", "state": state},
+            ),
         )
     ticked = set(fields.get("scope", []))
     granted = [s for s in offered if s in ticked]
     if not granted:
-        return redirect_to_app(
-            pending["redirect_uri"],
-            {"error": "access_denied", "error_description": "Nothing was allowed.", "state": state},
-        )
+        return await refused("Nothing was allowed.")
     context = _context(services, account, pending, granted)
     if studies is not None:
         chosen = _chosen_studies(fields, studies)
         if chosen is None:
-            return redirect_to_app(
-                pending["redirect_uri"],
-                {
-                    "error": "access_denied",
-                    "error_description": "No study was chosen.",
-                    "state": state,
-                },
-            )
+            return await refused("No study was chosen.")
         if chosen != "all":
             context["studies"] = chosen
             context["fhirContext"] = [{"reference": f"ImagingStudy/{uid}"} for uid in chosen]
@@ -385,28 +388,30 @@ async def consent(request: Request) -> Response:
         if until:
             context["consent_until"] = until
     chosen_studies = context.get("studies")
-    await services.audit.record(
-        AuditEntry(
-            category="consent",
-            action="grant",
-            outcome=200,
-            client_id=client.client_id,
-            user=context.get("fhirUser"),
-            patient=context.get("patient") or account.patient_fhir_id,
-            detail=f"scope: {' '.join(granted)}; studies: "
-            + (", ".join(chosen_studies) if isinstance(chosen_studies, list) else "all")
-            + (f"; until {context['consent_until']}" if context.get("consent_until") else ""),
-        )
-    )
-    code = await services.auth.tokens.create_code(
+    audited = AuditEntry(
+        category="consent",
+        action="grant",
+        outcome=200,
         client_id=client.client_id,
-        account_id=account.id,
-        scope=granted,
-        context=context,
-        redirect_uri=pending["redirect_uri"],
-        code_challenge=pending["code_challenge"],
-        nonce=pending.get("nonce"),
+        user=context.get("fhirUser"),
+        patient=context.get("patient") or account.patient_fhir_id,
+        detail=f"scope: {' '.join(granted)}; studies: "
+        + (", ".join(chosen_studies) if isinstance(chosen_studies, list) else "all")
+        + (f"; until {context['consent_until']}" if context.get("consent_until") else ""),
     )
+    try:
+        code = await services.auth.tokens.create_code(
+            client_id=client.client_id,
+            account_id=account.id,
+            scope=granted,
+            context=context,
+            redirect_uri=pending["redirect_uri"],
+            code_challenge=pending["code_challenge"],
+            nonce=pending.get("nonce"),
+            also=(sessions.consuming(request_id), services.audit.adding(audited)),
+        )
+    except PendingGone:
+        return error_page(ANSWERED)
     return redirect_to_app(pending["redirect_uri"], {"code": code, "state": state})
 
 
@@ -481,7 +486,11 @@ async def create_launch(request: Request) -> Response:
             status_code=403,
         )
     try:
-        body = orjson.loads(await request.body())
+        body = orjson.loads(await forms.read_body(request, LAUNCH_BODY_BYTES))
+    except forms.BodyRejected as exc:
+        return JSONResponse(
+            {"error": "invalid_request", "error_description": exc.message}, status_code=exc.status
+        )
     except orjson.JSONDecodeError:
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("patient"), str):

@@ -43,8 +43,13 @@ class NewClient:
 
 
 def check_redirect_uri(uri: str) -> str:
-    parts = urlsplit(uri)
-    loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    try:
+        parts = urlsplit(uri)
+        loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    except ValueError:  # an unbalanced IPv6 bracket, say
+        raise RegistrationError(f"redirect URI {uri!r} is not a URL") from None
+    if any(c.isspace() or not c.isprintable() for c in uri):
+        raise RegistrationError(f"redirect URI {uri!r} has spaces or control characters")
     if parts.scheme not in ("https", "http") or not parts.netloc or parts.fragment:
         raise RegistrationError(f"redirect URI {uri!r} must be an absolute http(s) URL")
     if parts.scheme == "http" and not loopback:

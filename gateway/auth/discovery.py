@@ -25,6 +25,8 @@ CAPABILITIES = [
     "permission-v2",
     "authorize-post",
 ]
+# How clients authenticate at the token, introspection and revocation endpoints.
+CLIENT_AUTH_METHODS = ("client_secret_basic", "private_key_jwt", "none")
 SCOPES_SUPPORTED = [
     "openid",
     "fhirUser",
@@ -81,12 +83,12 @@ def smart_configuration(settings: Settings) -> dict[str, Any]:
         "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": [
-            "client_secret_basic",
-            "private_key_jwt",
-            "none",
-        ],
+        "token_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        # RFC 8414: "none" is a public client naming itself, "Bearer" an access token's
+        # holder; both learn only about their own client's tokens.
+        "introspection_endpoint_auth_methods_supported": [*CLIENT_AUTH_METHODS, "Bearer"],
+        "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
         "scopes_supported": SCOPES_SUPPORTED,
         "capabilities": CAPABILITIES,
     }
@@ -105,11 +107,7 @@ def openid_configuration(settings: Settings) -> dict[str, Any]:
         "id_token_signing_alg_values_supported": ["RS256"],
         "scopes_supported": ["openid", "fhirUser", "profile"],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "fhirUser", "name"],
-        "token_endpoint_auth_methods_supported": [
-            "client_secret_basic",
-            "private_key_jwt",
-            "none",
-        ],
+        "token_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
         "code_challenge_methods_supported": ["S256"],
     }
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.auth.secrets import new_token
-from gateway.store.models import LaunchContext, as_utc, utcnow
+from gateway.store.models import LaunchContext, utcnow
 
 LIFETIME = timedelta(minutes=5)
 
@@ -32,13 +33,26 @@ class LaunchStore:
         return launch_id
 
     async def redeem(self, launch_id: str) -> dict[str, Any] | None:
-        """The context, once: a second redemption or a late one gets None."""
+        """The context, once: a second redemption or a late one gets None.
+
+        Taken with one conditional ``UPDATE``, so of parallel redemptions exactly one
+        wins, on SQLite (no ``SELECT ... FOR UPDATE``) as on PostgreSQL.
+        """
         if not launch_id or len(launch_id) > 64:
             return None
+        now = utcnow()
         async with self.sessions() as session:
-            found = await session.get(LaunchContext, launch_id, with_for_update=True)
-            if found is None or found.used_at is not None or as_utc(found.expires_at) <= utcnow():
+            taken = await session.execute(
+                update(LaunchContext)
+                .where(
+                    LaunchContext.id == launch_id,
+                    LaunchContext.used_at.is_(None),
+                    LaunchContext.expires_at > now,
+                )
+                .values(used_at=now)
+            )
+            if not taken.rowcount:  # type: ignore[attr-defined]
                 return None
-            found.used_at = utcnow()
+            found = await session.get(LaunchContext, launch_id)
             await session.commit()
-            return dict(found.context)
+        return dict(found.context) if found is not None else None

@@ -22,12 +22,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway import forms
 from gateway.audit import AuditEntry
-from gateway.auth import authorize, discovery, scopes
+from gateway.auth import authorize, discovery, oauth_errors, registration, scopes
+from gateway.auth.attempts import TooManyAttempts, client_address
 from gateway.auth.client_auth import bearer_token, require_form
 from gateway.auth.clients import ClientKind, RegistrationError, describe
-from gateway.errors import BadRequest, GatewayError
-from gateway.numbers import whole_number
+from gateway.errors import GatewayError
 from gateway.outages import outage
 from gateway.services import Services
 
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 MAX_FORM_BYTES = 64 << 10
+MAX_FORM_FIELDS = 64
 
 
 def oauth_error(exc: OAuth2Error, request: Request | None = None) -> JSONResponse:
@@ -82,20 +84,18 @@ async def read_form(request: Request) -> dict[str, str]:
         raise InvalidRequestError(
             description="Send the parameters as a form (x-www-form-urlencoded)."
         )
-    length = request.headers.get("content-length")
     try:
-        too_large = length is not None and whole_number("Content-Length", length) > MAX_FORM_BYTES
-    except BadRequest:
-        raise InvalidRequestError(description="Content-Length is not a whole number.") from None
-    if too_large:
-        raise InvalidRequestError(description="The request is too large.")
-    form = await request.form(max_files=0, max_fields=64)
+        form = await forms.read_form(request, max_fields=MAX_FORM_FIELDS, max_bytes=MAX_FORM_BYTES)
+    except forms.BodyRejected as exc:
+        raise InvalidRequestError(description=oauth_errors.description(exc.message)) from None
     values: dict[str, str] = {}
     for name, value in form.multi_items():
         if not isinstance(value, str):
             raise InvalidRequestError(description="Files are not accepted here.")
         if name in values:
-            raise InvalidRequestError(description=f"Parameter '{name}' is repeated.")
+            raise InvalidRequestError(
+                description=oauth_errors.description(f"Parameter '{name}' is repeated.")
+            )
         values[name] = value
     return values
 
@@ -169,22 +169,35 @@ async def _token(request: Request, services: Services, form: dict[str, str]) -> 
 
 @oauth_endpoint
 async def introspect(request: Request, services: Services) -> Response:
-    """RFC 7662, for a client (Basic or assertion) or any holder of a valid bearer token."""
+    """RFC 7662, for authenticated callers only (401 ``invalid_client`` otherwise).
+
+    A confidential client (HTTP Basic or a signed assertion) learns about any token:
+    that is how a resource server asks. A public client, which only names itself,
+    and the holder of a bearer token learn only about tokens issued to that same
+    client; any other token is ``{"active": false}``, so one app cannot read
+    another app's patient, user or scope.
+    """
     form = await read_form(request)
     authorization = request.headers.get("authorization")
     caller_token = bearer_token(authorization)
     if caller_token:
-        if await services.auth.tokens.check(caller_token) is None:
+        caller = await services.auth.tokens.check(caller_token)
+        if caller is None:
             return JSONResponse(
                 {"error": "invalid_token", "error_description": "The bearer token is not valid."},
                 status_code=401,
                 headers={**NO_STORE, "WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
+        confined_to: str | None = caller.client_id
     else:
-        await services.auth.client_auth.authenticate(
-            {k: v for k, v in form.items() if k != "token"}, authorization
+        client = await services.auth.client_auth.authenticate(
+            {k: v for k, v in form.items() if k not in ("token", "token_type_hint")},
+            authorization,
         )
-    answer = await services.auth.tokens.introspect(require_form(form, "token"))
+        confined_to = client.client_id if client.kind == ClientKind.public else None
+    answer = await services.auth.tokens.introspect(
+        require_form(form, "token"), issued_to=confined_to
+    )
     return JSONResponse(answer, headers=NO_STORE)
 
 
@@ -204,7 +217,7 @@ async def revoke(request: Request, services: Services) -> Response:
 
 
 async def register(request: Request) -> Response:
-    """RFC 7591 dynamic registration, for public clients only."""
+    """RFC 7591 dynamic registration, for public clients only, bounded and rate-limited."""
     services: Services = request.state.services
     if not services.settings.dynamic_registration:
         return JSONResponse(
@@ -212,29 +225,35 @@ async def register(request: Request) -> Response:
             status_code=403,
         )
     try:
-        metadata = orjson.loads(await request.body())
+        # Counted before the body is read: every request costs the address a try.
+        await services.auth.registrations.take("register", client_address(request))
+    except TooManyAttempts as exc:
+        return JSONResponse(
+            {
+                "error": "temporarily_unavailable",
+                "error_description": "Too many registrations from this address; "
+                f"try again in {exc.retry_after} seconds.",
+            },
+            status_code=429,
+            headers={**NO_STORE, "Retry-After": str(exc.retry_after)},
+        )
+    try:
+        body = await forms.read_body(request, registration.MAX_BODY_BYTES)
+    except forms.BodyRejected as exc:
+        return _registration_error("invalid_client_metadata", exc.message, exc.status)
+    try:
+        metadata = registration.public_client(orjson.loads(body))
     except orjson.JSONDecodeError:
-        metadata = None
-    if not isinstance(metadata, dict):
         return _registration_error("invalid_client_metadata", "The body must be a JSON object.")
-    method = metadata.get("token_endpoint_auth_method", "none")
-    if method != "none":
-        return _registration_error(
-            "invalid_client_metadata",
-            "Only public clients (token_endpoint_auth_method none) may register here.",
-        )
-    uris = metadata.get("redirect_uris")
-    if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
-        return _registration_error(
-            "invalid_redirect_uri", "redirect_uris must list at least one URI."
-        )
-    name = metadata.get("client_name") or "Unnamed app"
-    scope = metadata.get("scope") or ""
-    if not isinstance(name, str) or not isinstance(scope, str):
-        return _registration_error("invalid_client_metadata", "client_name and scope are strings.")
+    except registration.RegistrationRefused as exc:
+        return _registration_error(exc.error, exc.description)
     try:
         created = await services.auth.clients.add(
-            name=name[:200], kind=ClientKind.public, redirect_uris=uris, scope=scope, dynamic=True
+            name=metadata.name,
+            kind=ClientKind.public,
+            redirect_uris=metadata.redirect_uris,
+            scope=metadata.scope,
+            dynamic=True,
         )
     except RegistrationError as exc:
         error = "invalid_redirect_uri" if "redirect" in str(exc) else "invalid_client_metadata"
@@ -243,16 +262,18 @@ async def register(request: Request) -> Response:
     answer.update(
         {
             "client_id_issued_at": int(created.client.created_at.timestamp()),
-            "grant_types": ["authorization_code", "refresh_token"],
-            "response_types": ["code"],
+            "grant_types": list(registration.GRANT_TYPES),
+            "response_types": list(registration.RESPONSE_TYPES),
         }
     )
     answer = {k: v for k, v in answer.items() if v is not None}
     return JSONResponse(answer, status_code=201, headers=NO_STORE)
 
 
-def _registration_error(error: str, description: str) -> JSONResponse:
-    return JSONResponse({"error": error, "error_description": description}, status_code=400)
+def _registration_error(error: str, description: str, status: int = 400) -> JSONResponse:
+    return JSONResponse(
+        {"error": error, "error_description": description}, status_code=status, headers=NO_STORE
+    )
 
 
 async def smart_configuration(request: Request) -> Response:

@@ -29,6 +29,7 @@ class AuthServices:
     browser_sessions: BrowserSessions
     launches: LaunchStore
     attempts: AttemptLimiter
+    registrations: AttemptLimiter
 
     @classmethod
     def build(cls, settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> AuthServices:
@@ -47,6 +48,7 @@ class AuthServices:
             browser_sessions=BrowserSessions(sessions, timedelta(hours=settings.session_hours)),
             launches=LaunchStore(sessions),
             attempts=AttemptLimiter(sessions, settings.secret_attempts_per_ip),
+            registrations=AttemptLimiter(sessions, settings.registrations_per_ip),
         )
 
     async def aclose(self) -> None:

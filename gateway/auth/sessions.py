@@ -7,6 +7,7 @@ CSRF token, compared in constant time.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +18,8 @@ from gateway.auth.secrets import digest, new_id, new_token, same
 from gateway.store.models import BrowserSession, PendingAuthorization, as_utc, utcnow
 
 COOKIE = "gateway_session"
+# One step of a change made in the caller's transaction (see TokenService.create_code).
+InTransaction = Callable[[AsyncSession], Awaitable[None]]
 PENDING_LIFETIME = timedelta(minutes=15)
 
 
@@ -103,12 +106,35 @@ class BrowserSessions:
             return None
         return dict(found.request)
 
-    async def drop_pending(self, request_id: str) -> None:
-        async with self.sessions() as session:
-            await session.execute(
+    async def drop_pending(self, request_id: str, *also: InTransaction) -> bool:
+        """Consume the request, with ``also`` (an audit record, say) in the same
+        transaction; False when it was consumed already (a form posted twice)."""
+        try:
+            async with self.sessions() as session:
+                await self.consuming(request_id)(session)
+                for step in also:
+                    await step(session)
+                await session.commit()
+        except PendingGone:
+            return False
+        return True
+
+    def consuming(self, request_id: str) -> InTransaction:
+        """Consume the request inside another change's transaction (the consent's grant):
+        it is gone only if that change commits. PendingGone when it was gone already."""
+
+        async def consume(session: AsyncSession) -> None:
+            deleted = await session.execute(
                 delete(PendingAuthorization).where(PendingAuthorization.id == request_id)
             )
-            await session.commit()
+            if not deleted.rowcount:  # type: ignore[attr-defined]
+                raise PendingGone(request_id)
+
+        return consume
+
+
+class PendingGone(Exception):
+    """The pending request was consumed by another post (or never existed)."""
 
 
 def csrf_ok(owner: BrowserSession, submitted: str | None) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from gateway.auth import scopes
 from gateway.auth.keys import KeyStore
 from gateway.auth.secrets import digest, new_id, new_token, same
+from gateway.auth.sessions import InTransaction
 from gateway.settings import Settings
 from gateway.store.models import (
     AuthorizationCode,
@@ -109,7 +111,10 @@ class TokenService:
         redirect_uri: str,
         code_challenge: str,
         nonce: str | None,
+        also: Sequence[InTransaction] = (),
     ) -> str:
+        """A grant and its code; ``also`` (consuming the pending request, the consent's
+        audit record) commits in the same transaction, or none of it does."""
         code = new_token()
         grant = Grant(
             id=new_id(),
@@ -120,6 +125,8 @@ class TokenService:
         )
         lifetime = timedelta(seconds=self.settings.authorization_code_seconds)
         async with self.sessions() as session:
+            for step in also:
+                await step(session)
             session.add(grant)
             session.add(
                 AuthorizationCode(
@@ -138,31 +145,58 @@ class TokenService:
     async def redeem_code(
         self, code: str, client_id: str, redirect_uri: str, verifier: str
     ) -> dict[str, Any]:
-        """Exchange a code (RFC 6749 4.1.3 with PKCE): single use, same client and redirect."""
+        """Exchange a code (RFC 6749 4.1.3 with PKCE): single use, same client and redirect.
+
+        Every check comes before the code is spent, so a request from another client,
+        with another redirect_uri or with a wrong verifier leaves the code to its own
+        app. Wrong verifiers need no counter: RFC 7636 4.1 asks for a verifier of at
+        least 43 characters from a source of 256 bits of randomness, and guessing one
+        for a code that lives a minute is hopeless.
+
+        The code is spent with one conditional ``UPDATE ... WHERE used_at IS NULL``: of
+        parallel redemptions exactly one gets the row, on SQLite (where ``SELECT ... FOR
+        UPDATE`` does nothing) as on PostgreSQL. A code its own app presents again
+        (right client, redirect and verifier) has leaked: the grant is withdrawn.
+        """
         now = utcnow()
         async with self.sessions() as session:
-            stored = await session.get(AuthorizationCode, digest(code), with_for_update=True)
-            if stored is None:
-                raise InvalidGrantError("The authorization code is not valid.")
-            if stored.used_at is not None:
-                # A replayed code means it leaked: what it issued is withdrawn (RFC 6749 4.1.2).
-                await self._revoke_grant(session, stored.grant_id)
-                await session.commit()
-                raise InvalidGrantError("The authorization code was already used.")
-            stored.used_at = now
-            await session.commit()
-        if as_utc(stored.expires_at) < now:
-            raise InvalidGrantError("The authorization code has expired.")
+            stored = await session.get(AuthorizationCode, digest(code))
+        if stored is None:
+            raise InvalidGrantError("The authorization code is not valid.")
         if stored.client_id != client_id:
             raise InvalidGrantError("The authorization code was issued to another client.")
         if not same(stored.redirect_uri, redirect_uri):
             raise InvalidGrantError("redirect_uri differs from the authorization request.")
         if not verifier or not same(s256(verifier), stored.code_challenge):
             raise InvalidGrantError("The code_verifier does not match the code_challenge.")
-        grant = await self._grant(stored.grant_id)
-        if grant is None or grant.revoked_at is not None:
-            raise InvalidGrantError("The authorization was withdrawn.")
-        return await self.issue(grant, nonce=stored.nonce)
+        if stored.used_at is None and as_utc(stored.expires_at) < now:
+            raise InvalidGrantError("The authorization code has expired.")
+        async with self.sessions() as session:
+            spent = await session.execute(
+                update(AuthorizationCode)
+                .where(
+                    AuthorizationCode.code_hash == stored.code_hash,
+                    AuthorizationCode.used_at.is_(None),
+                )
+                .values(used_at=now)
+            )
+            if not spent.rowcount:  # type: ignore[attr-defined]
+                # Used before (or just now, in parallel): what it issued is withdrawn
+                # (RFC 6749 4.1.2).
+                await self._revoke_grant(session, stored.grant_id)
+                await session.commit()
+                raise InvalidGrantError("The authorization code was already used.")
+            grant = await session.get(Grant, stored.grant_id)
+            if grant is None or grant.revoked_at is not None:
+                await session.commit()
+                raise InvalidGrantError("The authorization was withdrawn.")
+            # The tokens are committed with the spending: a replay that loses the race
+            # withdraws them only after the winner has its answer.
+            granted = scopes.split(grant.scope)
+            rows, response, now = self._mint(grant, granted)
+            session.add_all(rows)
+            await session.commit()
+        return await self._answer(grant, granted, response, now, stored.nonce)
 
     async def client_credentials(self, client_id: str, scope: list[str]) -> dict[str, Any]:
         grant = Grant(id=new_id(), client_id=client_id, scope=" ".join(scope), context={})
@@ -182,6 +216,16 @@ class TokenService:
         backend: bool = False,
     ) -> dict[str, Any]:
         granted = scope if scope is not None else scopes.split(grant.scope)
+        rows, response, now = self._mint(grant, granted, backend)
+        async with self.sessions() as session:
+            session.add_all(rows)
+            await session.commit()
+        return await self._answer(grant, granted, response, now, nonce)
+
+    def _mint(
+        self, grant: Grant, granted: list[str], backend: bool = False
+    ) -> tuple[list[Token], dict[str, Any], datetime]:
+        """New tokens for ``grant``: the rows to store, and the answer's token fields."""
         seconds = (
             self.settings.backend_token_seconds if backend else self.settings.access_token_seconds
         )
@@ -221,9 +265,21 @@ class TokenService:
                 )
             )
             response["refresh_token"] = refresh
-        async with self.sessions() as session:
-            session.add_all(rows)
-            await session.commit()
+        return rows, response, now
+
+    async def _answer(
+        self,
+        grant: Grant,
+        granted: list[str],
+        response: dict[str, Any],
+        now: datetime,
+        nonce: str | None,
+    ) -> dict[str, Any]:
+        """The token answer's context and id_token, once the tokens are stored.
+
+        Signed after the commit: the key store may write (a first key), and on SQLite
+        that would wait for the write lock the redeeming transaction holds.
+        """
         context = grant.context or {}
         for name in ("patient", "need_patient_banner", "smart_style_url", "fhirContext", "intent"):
             if name in context:
@@ -253,7 +309,7 @@ class TokenService:
         """Rotate a refresh token (RFC 6749 6); a scope parameter can only narrow."""
         now = utcnow()
         async with self.sessions() as session:
-            stored = await session.get(Token, digest(refresh_token), with_for_update=True)
+            stored = await session.get(Token, digest(refresh_token))
             if stored is None or stored.kind != "refresh" or stored.client_id != client_id:
                 raise InvalidGrantError("The refresh token is not valid.")
             if stored.revoked_at is not None:
@@ -273,11 +329,23 @@ class TokenService:
             narrowed = scopes.narrow(held, wanted)
             if narrowed is None or not narrowed:
                 raise InvalidScopeError("A refresh can only keep or narrow the granted scope.")
-            stored.revoked_at = now
+            # Rotated with one conditional UPDATE: of parallel refreshes with one token,
+            # exactly one gets the row; the others are replays.
+            rotated = await session.execute(
+                update(Token)
+                .where(Token.token_hash == stored.token_hash, Token.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            if not rotated.rowcount:  # type: ignore[attr-defined]
+                await self._revoke_grant(session, stored.grant_id)
+                await session.commit()
+                raise InvalidGrantError("The refresh token was revoked.")
+            if not any(s in narrowed for s in REFRESH_SCOPES):
+                narrowed = [*narrowed, *[s for s in held if s in REFRESH_SCOPES][:1]]
+            rows, response, now = self._mint(grant, narrowed)
+            session.add_all(rows)
             await session.commit()
-        if not any(s in narrowed for s in REFRESH_SCOPES):
-            narrowed = [*narrowed, *[s for s in held if s in REFRESH_SCOPES][:1]]
-        return await self.issue(grant, scope=narrowed)
+        return await self._answer(grant, narrowed, response, now, None)
 
     # -- checking, introspection, revocation -----------------------------------
 
@@ -309,10 +377,13 @@ class TokenService:
             issued_at=as_utc(row.created_at),
         )
 
-    async def introspect(self, token: str) -> dict[str, Any]:
-        """RFC 7662: the token's facts when active, and exactly ``{"active": false}`` otherwise."""
+    async def introspect(self, token: str, issued_to: str | None = None) -> dict[str, Any]:
+        """RFC 7662: the token's facts when active, and exactly ``{"active": false}`` otherwise.
+
+        With ``issued_to``, a token issued to another client is not active for the caller.
+        """
         checked = await self.check(token)
-        if checked is None:
+        if checked is None or (issued_to is not None and checked.client_id != issued_to):
             return {"active": False}
         answer: dict[str, Any] = {
             "active": True,
@@ -398,7 +469,3 @@ class TokenService:
             .where(Token.grant_id == grant_id, Token.revoked_at.is_(None))
             .values(revoked_at=now)
         )
-
-    async def _grant(self, grant_id: str) -> Grant | None:
-        async with self.sessions() as session:
-            return await session.get(Grant, grant_id)

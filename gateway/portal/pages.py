@@ -16,6 +16,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
+from gateway import forms
 from gateway.auth.attempts import TooManyAttempts
 from gateway.auth.sessions import csrf_ok
 from gateway.numbers import whole_number
@@ -104,7 +105,7 @@ def moment(value: datetime | None) -> str:
 
 async def form_fields(request: Request, max_fields: int = 32) -> dict[str, Any]:
     """A posted form: single values as strings, repeated ``study`` fields as a list."""
-    form = await request.form(max_files=0, max_fields=max_fields)
+    form = await forms.read_form(request, max_fields=max_fields, max_bytes=forms.PAGE_FORM_BYTES)
     fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
     fields["study"] = [v for v in form.getlist("study") if isinstance(v, str)]
     return fields
