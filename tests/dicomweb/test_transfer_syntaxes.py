@@ -43,6 +43,7 @@ SAMPLES = {
     "deflated": "image_dfl.dcm",
     "jpeg-baseline-ybr": "SC_rgb_jpeg_dcmtk.dcm",
     "jpeg-extended-12bit": "JPGExtended.dcm",
+    "jpeg-lossless-rgb": "SC_rgb_jpeg_gdcm.dcm",
     "jpeg2000-lossless": "MR_small_jp2klossless.dcm",
     "jpeg2000": "JPEG2000.dcm",
     "jpeg-ls": "MR_small_jpeg_ls_lossless.dcm",
@@ -305,7 +306,9 @@ def test_sigmoid_from_the_instance(world: Any) -> None:
     assert np.abs(png - expected.round()).max() <= 1
 
 
-@pytest.mark.parametrize("name", ["jpeg-baseline-ybr", "big-endian-rgb-ow", "palette"])
+@pytest.mark.parametrize(
+    "name", ["jpeg-baseline-ybr", "jpeg-lossless-rgb", "big-endian-rgb-ow", "palette"]
+)
 def test_colour_renders_as_pydicom_decodes(world: Any, name: str) -> None:
     harness, token, made = world
     ds = made[name]
