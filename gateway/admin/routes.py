@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway import forms
 from gateway.audit import AuditEntry
 from gateway.auth.client_auth import bearer_token
 from gateway.auth.tokens import AccessGrant
@@ -127,9 +128,10 @@ async def _body(request: Request) -> dict[str, Any]:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise Refusal(415, "invalid_request", "Send the enrollment as application/json.")
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise Refusal(413, "invalid_request", "The request is too large.")
+    try:
+        raw = await forms.read_body(request, MAX_BODY)
+    except forms.BodyRejected as exc:
+        raise Refusal(exc.status, "invalid_request", exc.message) from None
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from fixtures.generate import BENCH_PATIENT_ID
@@ -13,6 +15,7 @@ from gateway.auth.clients import ClientKind
 from tests.auth.test_authorize import PASSPHRASE, authorize_params, follow_to_consent, hidden, pkce
 from tests.auth.test_oauth_api import Harness, bearer
 from tests.auth.test_oauth_api import harness as harness
+from tests.support.browsers import Browser
 
 ADMIN = "system/*.rs admin/enrollments"
 BENCH = {"system": "HOSP-A", "value": BENCH_PATIENT_ID}
@@ -251,3 +254,31 @@ def test_the_admin_scope_in_the_grammar() -> None:
     assert scopes.narrow(["admin/enrollments"], ["admin/enrollments"]) == ["admin/enrollments"]
     assert scopes.narrow(["system/*.rs"], ["admin/enrollments"]) is None
     assert scopes.describe("admin/enrollments").startswith("Enrol patients")
+
+
+def test_an_oversized_body_is_refused_as_it_arrives(
+    harness: Harness, admin: dict[str, str]
+) -> None:
+    sent = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        # No Content-Length: refused once 16 KiB have come, not read to its end.
+        nonlocal sent
+        while sent < 100 << 20:
+            sent += 65536
+            yield b" " * 65536
+
+    async def post() -> httpx.Response:
+        browser = Browser(harness)
+        try:
+            return await browser.http.post(
+                "/admin/enrollments",
+                content=endless(),
+                headers={**admin, "Content-Type": "application/json", "Accept": "application/json"},
+            )
+        finally:
+            await browser.aclose()
+
+    too_big: httpx.Response = harness.call(post)
+    assert too_big.status_code == 413 and too_big.json()["error"] == "invalid_request"
+    assert sent < 1 << 20
