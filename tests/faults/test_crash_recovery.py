@@ -52,7 +52,8 @@ from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 pytestmark = [pytest.mark.slow]
 DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 STOW_TRIALS = 2
-CONSENT_TRIALS = 4
+# PostgreSQL's kills land between statements, SQLite's at random times: it needs more tries.
+CONSENT_TRIALS = {"postgres": 4, "sqlite": 8}
 SEED = 20261130
 
 
@@ -180,6 +181,7 @@ def test_every_acknowledged_stow_survives_a_kill(
         uploads.join(30)
         assert not uploads.is_alive(), "an upload hung after the gateway died"
         gateway.start()
+        print(f"STOW trial {trial}: killed at {delay:.2f} s, {len(acknowledged)} acknowledged")
         bearer = backend.token(gateway.url)
         for study, uids in acknowledged.items():
             found = httpx.get(
@@ -315,7 +317,7 @@ def test_a_kill_around_consent_leaves_no_half_grant(deployment: Deployment) -> N
     span = max(time.monotonic() - started, 0.02)
     sends = counter.sent
 
-    for trial in range(CONSENT_TRIALS):
+    for trial in range(CONSENT_TRIALS["sqlite" if proxy is None else "postgres"]):
         client_id = add_public_client(url, data_dir, REDIRECT)
         launch = Launch(gateway.url, client_id, access_code)
         answers: list[httpx.Response | Exception] = []
@@ -334,7 +336,7 @@ def test_a_kill_around_consent_leaves_no_half_grant(deployment: Deployment) -> N
             posting.start()
         else:
             # The grant is made in the last part of the request (after the jacket is read).
-            delay = chance.uniform(span * 0.5, span * 1.2)
+            delay = chance.uniform(span * 0.2, span * 1.0)
             where = f"trial {trial} (killed {delay * 1000:.0f} ms into a {span * 1000:.0f} ms one)"
             posting.start()
             time.sleep(delay)
