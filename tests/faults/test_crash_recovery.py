@@ -52,8 +52,7 @@ from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 pytestmark = [pytest.mark.slow]
 DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 STOW_TRIALS = 2
-# PostgreSQL's kills land between statements, SQLite's at random times: it needs more tries.
-CONSENT_TRIALS = {"postgres": 4, "sqlite": 8}
+CONSENT_TRIALS = 4
 SEED = 20261130
 
 
@@ -292,10 +291,46 @@ class KillBefore:
         return True
 
 
+class KillAfterCommits:
+    """Watches a SQLite database's write-ahead log grow (one step per commit) and kills the
+    gateway right after the n-th commit; without ``at``, only counts."""
+
+    def __init__(self, gateway: GatewayProcess, wal: Path, at: int | None = None) -> None:
+        self.gateway, self.wal, self.at, self.commits = gateway, wal, at, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _size(self) -> int:
+        try:
+            return self.wal.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _watch(self) -> None:
+        size = self._size()
+        while not self._stop.is_set():
+            now = self._size()
+            if now != size:
+                size = now
+                self.commits += 1
+                if self.at is not None and self.commits >= self.at:
+                    self.gateway.kill()
+                    return
+            time.sleep(0.0001)
+
+    def __enter__(self) -> KillAfterCommits:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 def test_a_kill_around_consent_leaves_no_half_grant(deployment: Deployment) -> None:
-    """SQLite: kills at random times across the request. PostgreSQL: just before a random
-    one of the statements the request sends (counted by the proxy), in its second half,
-    where the grant is made."""
+    """Kills between the database writes of a consent, at a random one of them (seeded):
+    on PostgreSQL just before a statement the request sends (the proxy counts them), on
+    SQLite just after a commit (its write-ahead log grows)."""
     findings = Findings()
     chance = random.Random(SEED)
     gateway, url, data_dir = deployment.gateway, deployment.database_url, deployment.data_dir
@@ -307,17 +342,22 @@ def test_a_kill_around_consent_leaves_no_half_grant(deployment: Deployment) -> N
     ).json()
     access_code = enroll_patient(url, data_dir, found["entry"][0]["resource"]["id"])
 
-    # An undisturbed consent: how long it takes, and how many times it talks to PostgreSQL.
+    wal = Path(url.removeprefix("sqlite+aiosqlite:///") + "-wal")
+    # An undisturbed consent: how many times it talks to PostgreSQL, or commits to SQLite.
     calibration = Launch(gateway.url, add_public_client(url, data_dir, REDIRECT), access_code)
     counter = KillBefore(gateway)
     if proxy is not None:
         proxy.intercept = counter
-    started = time.monotonic()
-    assert calibration.approve().status_code == 302
-    span = max(time.monotonic() - started, 0.02)
-    sends = counter.sent
+        assert calibration.approve().status_code == 302
+        steps = counter.sent
+    else:
+        with KillAfterCommits(gateway, wal) as commits:
+            assert calibration.approve().status_code == 302
+            time.sleep(0.2)
+        steps = commits.commits
+    assert steps > 1, "the consent wrote nothing to watch"
 
-    for trial in range(CONSENT_TRIALS["sqlite" if proxy is None else "postgres"]):
+    for trial in range(CONSENT_TRIALS):
         client_id = add_public_client(url, data_dir, REDIRECT)
         launch = Launch(gateway.url, client_id, access_code)
         answers: list[httpx.Response | Exception] = []
@@ -330,21 +370,20 @@ def test_a_kill_around_consent_leaves_no_half_grant(deployment: Deployment) -> N
 
         posting = threading.Thread(target=approve)
         if proxy is not None:
-            at = chance.randint(max(1, sends // 2), sends)
+            # The grant is made in the second half of the request (after the jacket is read).
+            at = chance.randint(max(1, steps // 2), steps)
             proxy.intercept = KillBefore(gateway, at)
-            where = f"trial {trial} (killed before database send {at} of {sends})"
+            where = f"trial {trial} (killed before database send {at} of {steps})"
             posting.start()
-        else:
-            # The grant is made in the last part of the request (after the jacket is read).
-            delay = chance.uniform(span * 0.2, span * 1.0)
-            where = f"trial {trial} (killed {delay * 1000:.0f} ms into a {span * 1000:.0f} ms one)"
-            posting.start()
-            time.sleep(delay)
-            gateway.kill()
-        posting.join(30)
-        gateway.kill()
-        if proxy is not None:
+            posting.join(30)
             proxy.intercept = None
+        else:
+            at = chance.randint(1, steps)
+            where = f"trial {trial} (killed after commit {at} of {steps})"
+            with KillAfterCommits(gateway, wal, at):
+                posting.start()
+                posting.join(30)
+        gateway.kill()
         gateway.start()
 
         grants, records = _grants_and_records(url, client_id)
