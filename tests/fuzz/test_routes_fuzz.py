@@ -148,9 +148,11 @@ def _prepare(harness: Harness, datasets: list[Any]) -> Target:
         uids["series"].add(str(ds.SeriesInstanceUID))
         uids["instance"].add(str(ds.SOPInstanceUID))
     parts = []
-    for ds in datasets[:3]:
+    for number, ds in enumerate(datasets[:3]):
         copy = ds.copy()
-        copy.SOPInstanceUID = generate_uid()
+        # Derived, not random: the parts keep their lengths from run to run, and so do the
+        # draws that cut them short.
+        copy.SOPInstanceUID = generate_uid(entropy_srcs=[f"fuzz-part-{number}"])
         copy.file_meta.MediaStorageSOPInstanceUID = copy.SOPInstanceUID
         buffer = BytesIO()
         copy.save_as(buffer, enforce_file_format=True)
