@@ -52,10 +52,10 @@ def outage_harness(database: str, tmp_path: Path, data_dir: Path) -> Iterator[tu
         from tests.support.postgres import throwaway_database
         from tests.support.tcp_proxy import tcp_proxy
 
-        with throwaway_database() as url, tcp_proxy("127.0.0.1", 5432) as proxy:
+        with throwaway_database() as url, tcp_proxy(("127.0.0.1", 5432)) as proxy:
             relayed = url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/")
             with portal_harness(tmp_path, data_dir, Clock(), database_url=relayed) as harness:
-                yield harness, lambda up: proxy.start() if up else proxy.stop()
+                yield harness, lambda up: proxy.restore() if up else proxy.cut()
         return
     file = tmp_path / "g.db"
     with portal_harness(

@@ -69,11 +69,14 @@ def _plugin() -> str:
 
 
 @contextmanager
-def run_orthanc(workdir: Path, *, binary: str | None = None) -> Iterator[OrthancServer]:
+def run_orthanc(
+    workdir: Path, *, binary: str | None = None, http_port: int | None = None
+) -> Iterator[OrthancServer]:
+    """``http_port`` and an existing ``workdir`` restart an Orthanc where it was (fault tests)."""
     workdir.mkdir(parents=True, exist_ok=True)
     storage = workdir / "storage"
     storage.mkdir(exist_ok=True)
-    http_port = _free_port()
+    http_port = http_port or _free_port()
     config = {
         "Name": f"test-{http_port}",
         "StorageDirectory": str(storage),
