@@ -11,8 +11,6 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
@@ -90,9 +88,6 @@ def create_app(
         finally:
             await built.aclose()
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"error": "not found"}, status_code=404)
-
     return _Gateway(
         routes=[
             *auth_routes.discovery_routes(),
@@ -135,6 +130,6 @@ def create_app(
             ),
         ],
         # Errors and outages, in each area's format (gateway/error_handlers.py).
-        exception_handlers={**error_handlers.handlers(), 404: not_found},
+        exception_handlers=error_handlers.handlers(),
         lifespan=lifespan,
     )

@@ -29,7 +29,7 @@ from starlette.types import Scope
 from gateway.audit import NOT_RECORDED
 from gateway.auth import authorize
 from gateway.dicomweb.routes import error_response as dicomweb_error
-from gateway.errors import GatewayError, NotRecorded
+from gateway.errors import GatewayError, NotFound, NotRecorded
 from gateway.fhir.responses import FhirResponse, operation_outcome
 from gateway.outages import outage
 from gateway.portal.pages import message
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 IMAGE_ROUTES = ("/dicomweb", "/portal/dicomweb", "/share/dicomweb")
 OAUTH_PAGES = ("/oauth/authorize", "/oauth/signin", "/oauth/consent")
 PAGES = ("/portal", "/share")
+AREAS = ("/fhir", "/dicomweb", "/oauth", "/admin", *PAGES)
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 # RFC 6749's error codes for what the gateway's own errors mean.
 OAUTH_ERRORS = {400: "invalid_request", 408: "invalid_request", 503: "temporarily_unavailable"}
@@ -129,9 +130,22 @@ def _log_outage(request: Request, exc: BaseException) -> None:
     )
 
 
+async def not_found(request: Request, exc: Exception) -> Response:
+    """A path no route matched, in its area's format (a FHIR client still gets an OperationOutcome).
+
+    Starlette's mounts match no path with a line break in it, so such a path
+    reaches the app's own 404 whatever area it names.
+    """
+    path = request.url.path
+    if _under(path, AREAS):
+        return answer(request.scope, NotFound("There is nothing at this address."))
+    return JSONResponse({"error": "not found"}, status_code=404)
+
+
 def handlers() -> dict[Any, Any]:
     """For ``Starlette(exception_handlers=...)``: the most specific class wins."""
     return {
+        404: not_found,
         GatewayError: gateway_error,
         NotRecorded: not_recorded,
         OSError: maybe_outage,
