@@ -355,7 +355,8 @@ def test_a_kill_around_consent_leaves_no_half_grant(deployment: Deployment) -> N
             assert calibration.approve().status_code == 302
             time.sleep(0.2)
         steps = commits.commits
-    assert steps > 1, "the consent wrote nothing to watch"
+    # One commit on SQLite once the grant, its record and the pending request go together.
+    assert steps >= 1, "the consent wrote nothing to watch"
 
     for trial in range(CONSENT_TRIALS):
         client_id = add_public_client(url, data_dir, REDIRECT)
