@@ -159,6 +159,9 @@ def _to_gray8(dataset: Dataset, pixels: np.ndarray, window: Window | None) -> np
     try:
         if "VOILUTSequence" not in voi and not _has_window(voi):
             raise ValueError("no VOI in the instance")
+        if "VOILUTSequence" in voi and values.dtype.kind == "f":
+            # A VOI LUT is indexed by stored value: whole numbers, as PS3.3 C.11.2 maps them.
+            values = np.rint(values).astype(np.int64)
         shown = apply_voi_lut(values, voi, prefer_lut=True)
     except (ValueError, TypeError, IndexError, KeyError, AttributeError):
         # No usable VOI: the frame's own range, linearly (LINEAR_EXACT from min to max).
