@@ -182,6 +182,10 @@ def test_offloaded_bytes_are_the_gateways_and_orthancs(
     offloaded = deployed.http.get(f"/dicomweb/{path}", headers=headers)
     in_process = deployed.harness.client.get(f"/dicomweb/{path}", headers=headers)
     direct = deployed.orthanc.get(f"/{path}", headers=accept)
+    # The replica's own answer says where the bytes come from: nginx, from the PACS.
+    decided = deployed.replica.get(f"/dicomweb/{path}", headers=headers)
+    assert decided.headers["x-accel-redirect"] == f"/_pacs/{path}", decided.headers
+    assert decided.content == b""
     assert "x-accel-redirect" not in offloaded.headers
     assert "x-offload-accept" not in offloaded.headers
     assert parts(offloaded) == parts(in_process) == parts(direct)
