@@ -6,6 +6,7 @@ Bad configuration fails at start with one line naming the setting
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +25,16 @@ class UpstreamAuth(StrEnum):
     none = "none"
     basic = "basic"
     bearer = "bearer"
+
+
+class Offload(StrEnum):
+    """Who moves the bytes of a WADO-RS retrieval once the gateway has said yes."""
+
+    off = "off"  # the gateway relays them itself
+    nginx = "nginx"  # nginx, told by X-Accel-Redirect (docs/deployment.md)
+
+
+OFFLOAD_PREFIX = re.compile(r"/[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*")
 
 
 class Settings(BaseSettings):
@@ -150,6 +161,17 @@ class Settings(BaseSettings):
         "*",
         description="Origins allowed to call the API from a browser: * or a space-separated list.",
     )
+    offload: Offload = Field(
+        Offload.off,
+        description=(
+            "off: the gateway relays WADO-RS bytes itself; nginx: behind nginx, it decides "
+            "and answers X-Accel-Redirect, and nginx fetches the bytes from the PACS."
+        ),
+    )
+    offload_prefix: str = Field(
+        "/_pacs",
+        description="nginx's internal location that proxies the PACS's DICOMweb base.",
+    )
 
     @field_validator("public_url")
     @classmethod
@@ -212,6 +234,14 @@ class Settings(BaseSettings):
             raise ValueError("must be starttls, tls or none")
         return value
 
+    @field_validator("offload_prefix")
+    @classmethod
+    def _offload_prefix_is_a_path(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if not OFFLOAD_PREFIX.fullmatch(value):
+            raise ValueError("must be a path of letters, digits, - and _ such as /_pacs")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _log_level_known(cls, value: str) -> str:
@@ -233,6 +263,11 @@ class Settings(BaseSettings):
             raise ValueError("GATEWAY_UPSTREAM_AUTH=bearer needs GATEWAY_UPSTREAM_TOKEN")
         if self.share_days > self.share_max_days:
             raise ValueError("GATEWAY_SHARE_DAYS must not exceed GATEWAY_SHARE_MAX_DAYS")
+        if self.offload is Offload.nginx and self.dicomweb_url is None:
+            raise ValueError(
+                "GATEWAY_OFFLOAD=nginx needs GATEWAY_DICOMWEB_URL: nginx fetches from a PACS, "
+                "and the embedded store is read in-process"
+            )
         if self.page_size > self.max_page_size:
             raise ValueError("GATEWAY_PAGE_SIZE must not exceed GATEWAY_MAX_PAGE_SIZE")
         return self

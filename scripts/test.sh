@@ -7,12 +7,14 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # System packages: a real Orthanc with its DICOMweb plugin for the integration tests,
-# and Chromium for the browser tests.
+# nginx for the deployment tests, and Chromium for the browser tests.
 missing=()
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
 ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/lib/orthanc/libOrthancDicomWeb.so* \
   >/dev/null 2>&1 || missing+=(orthanc-dicomweb)
 command -v pg_isready >/dev/null 2>&1 || missing+=(postgresql-client)
+# nginx in front of replicas for the deployment tests (tests/deploy, scripts/stack.sh).
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 # A real headless browser for the page tests (driven by Playwright).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -21,12 +21,12 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from gateway.authorization import requires
-from gateway.dicomweb import bulkdata, qido, rendering, stow
+from gateway.dicomweb import bulkdata, offload, qido, rendering, stow
 from gateway.errors import BadRequest, GatewayError, NotAcceptable, PayloadTooLarge
 from gateway.numbers import whole_number
 from gateway.outages import outage
 from gateway.records.access import Access
-from gateway.records.images import RenderRequest, Retrieved, Target
+from gateway.records.images import Offloaded, RenderRequest, Retrieved, Target
 from gateway.services import Services
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,9 @@ def _target(request: Request) -> Target:
     )
 
 
-def _streamed(retrieved: Retrieved) -> StreamingResponse:
+def _streamed(retrieved: Retrieved | Offloaded) -> Response:
+    if isinstance(retrieved, Offloaded):
+        return offload.response(retrieved)
     return StreamingResponse(
         retrieved.chunks,
         media_type=retrieved.media_type,

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.audit import Auditor
+from gateway.dicomweb.offload import Offloader
 from gateway.dicomweb.upstream import Upstream
 from gateway.records.access import Access, Visibility
 from gateway.records.documents import DocumentRecords
@@ -34,7 +35,7 @@ from gateway.records.release import ReleasePolicy
 from gateway.records.studies import StudyRecords
 from gateway.records.study_cache import StudyDetailCache
 from gateway.records.trail import TrailRecords
-from gateway.settings import Settings
+from gateway.settings import Offload, Settings
 from gateway.store.patients import PatientIndex
 
 __all__ = ["Access", "Records", "Visibility"]
@@ -71,7 +72,12 @@ class Records:
             documents=DocumentRecords(upstream, index, settings.max_search_candidates),
             patients=PatientRecords(upstream, index, jackets, settings.max_search_candidates),
             images=ImageRecords(
-                upstream, index, studies, settings.dicomweb_base_url, settings.render_max_bytes
+                upstream,
+                index,
+                studies,
+                settings.dicomweb_base_url,
+                settings.render_max_bytes,
+                Offloader(settings.offload_prefix) if settings.offload is Offload.nginx else None,
             ),
             trail=TrailRecords(auditor, sessions),
         )

@@ -32,6 +32,8 @@ from gateway.dicomweb import bulkdata, instances, qido, rendering, reports, stow
 from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb.dicomjson import DicomJson
 from gateway.dicomweb.matching import matches, vr_of
+from gateway.dicomweb.offload import Offloaded as Offloaded  # what routes hand to nginx
+from gateway.dicomweb.offload import Offloader
 from gateway.dicomweb.upstream import Retrieved as Retrieved  # what routes stream out
 from gateway.dicomweb.upstream import StoreResult, Upstream
 from gateway.errors import BadRequest, Forbidden, NotAcceptable, NotFound, UpstreamBadResponse
@@ -103,12 +105,14 @@ class ImageRecords:
         studies: StudyRecords,
         dicomweb_url: str,
         render_max_bytes: int = instances.MAX_INSTANCE_BYTES,
+        offloader: Offloader | None = None,
     ) -> None:
         self.upstream = upstream
         self.index = index
         self.studies = studies
         self.dicomweb_url = dicomweb_url
         self.render_max_bytes = render_max_bytes
+        self.offloader = offloader
 
     # -- QIDO --------------------------------------------------------------
 
@@ -187,9 +191,9 @@ class ImageRecords:
 
     # -- WADO: retrieval, metadata, frames and bulk data -------------------
 
-    async def retrieve(self, access: Access, target: Target, accept: str) -> Retrieved:
+    async def retrieve(self, access: Access, target: Target, accept: str) -> Retrieved | Offloaded:
         await self._check(access, target)
-        return await self.upstream.retrieve(target.path, accept)
+        return await self._transfer(target.path, accept)
 
     async def metadata(self, access: Access, target: Target) -> Retrieved:
         await self._check(access, target)
@@ -202,10 +206,18 @@ class ImageRecords:
 
     async def pixels(
         self, access: Access, target: Target, resource: str, tail: str, accept: str
-    ) -> Retrieved:
+    ) -> Retrieved | Offloaded:
         """``frames/{list}`` or ``bulk/{tag path}`` of one instance."""
         await self._check(access, target)
-        return await self.upstream.retrieve(f"{target.path}/{resource}/{tail}", accept)
+        return await self._transfer(f"{target.path}/{resource}/{tail}", accept)
+
+    async def _transfer(self, path: str, accept: str) -> Retrieved | Offloaded:
+        """The bytes of an answer ``_check`` found wholly the caller's: handed to nginx
+        when offload is on (the PACS's answer is exactly what would be relayed here,
+        so nothing more goes out), else relayed by the gateway."""
+        if self.offloader is not None:
+            return self.offloader.hand_over(path, accept)
+        return await self.upstream.retrieve(path, accept)
 
     async def _check(self, access: Access, target: Target) -> None:
         """The study is the caller's to see; and reports in what is asked need their permission."""

@@ -68,11 +68,15 @@ def _plugin() -> str:
     )
 
 
-@contextmanager
-def run_orthanc(
-    workdir: Path, *, binary: str | None = None, http_port: int | None = None
-) -> Iterator[OrthancServer]:
-    """``http_port`` and an existing ``workdir`` restart an Orthanc where it was (fault tests)."""
+def start_orthanc(
+    workdir: Path,
+    *,
+    binary: str | None = None,
+    http_port: int | None = None,
+    detached: bool = False,
+) -> OrthancServer:
+    """Start an Orthanc and wait until it answers; the caller stops ``server.process``.
+    ``detached``: in a session of its own, to outlive the caller (scripts/stack.sh)."""
     workdir.mkdir(parents=True, exist_ok=True)
     storage = workdir / "storage"
     storage.mkdir(exist_ok=True)
@@ -103,7 +107,10 @@ def run_orthanc(
     log_path = workdir / "orthanc.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [binary or _binary(), str(config_path)], stdout=log, stderr=subprocess.STDOUT
+            [binary or _binary(), str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=detached,
         )
     server = OrthancServer(f"http://127.0.0.1:{http_port}", workdir, process)
     try:
@@ -120,14 +127,31 @@ def run_orthanc(
             if time.monotonic() > deadline:
                 raise OrthancUnavailable("Orthanc did not answer within 30 s")
             time.sleep(0.1)
+    except BaseException:
+        stop_process(process)
+        raise
+    return server
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextmanager
+def run_orthanc(
+    workdir: Path, *, binary: str | None = None, http_port: int | None = None
+) -> Iterator[OrthancServer]:
+    """``http_port`` and an existing ``workdir`` restart an Orthanc where it was (fault tests)."""
+    server = start_orthanc(workdir, binary=binary, http_port=http_port)
+    try:
         yield server
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(server.process)
 
 
 def upload_files(server: OrthancServer, paths: Iterable[Path]) -> int:
