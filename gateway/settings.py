@@ -146,6 +146,14 @@ class Settings(BaseSettings):
             "answers 408 and closes the connection."
         ),
     )
+    index_freshness_seconds: Annotated[float, Field(ge=1, le=7 * 86_400)] = Field(
+        60.0,
+        description=(
+            "How long the study index answers a patient's searches without asking the PACS; "
+            "past it the next request reads the patient's studies again. A study stored "
+            "through the gateway shows at once; one sent to the PACS directly, within this."
+        ),
+    )
     cors_origins: str = Field(
         "*",
         description="Origins allowed to call the API from a browser: * or a space-separated list.",
