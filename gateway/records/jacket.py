@@ -182,7 +182,14 @@ class Jackets:
             )
             for uid, record in records.items()
         ]
-        await self.studies.replace(key, rows, now, indexed.generation)
+        unchanged = [
+            row.uid
+            for row in rows
+            if (before := previous.get(row.uid)) is not None
+            and before.record == row.record
+            and before.reports == row.reports
+        ]
+        await self.studies.replace(key, rows, now, indexed.generation, unchanged)
         return rows
 
     async def _reports(self, key: PatientKey) -> list[DicomJson]:

@@ -96,13 +96,20 @@ class ReleasePolicy:
         self, patient_fhir_id: str, studies: Sequence[StudySummary]
     ) -> list[StudySummary]:
         """The patient's studies with the moment each becomes available to them."""
-        waived = self.waiver_allowed and await self.has_waived(patient_fhir_id)
         uids = [s.uid for s in studies]
+        # One session for both reads: this runs on every request of a patient.
         async with self.sessions() as session:
-            early = set(
-                await session.scalars(
-                    select(StudyRelease.study_uid).where(StudyRelease.study_uid.in_(uids))
+            waived = (
+                self.waiver_allowed and await session.get(DelayWaiver, patient_fhir_id) is not None
+            )
+            early = (
+                set(
+                    await session.scalars(
+                        select(StudyRelease.study_uid).where(StudyRelease.study_uid.in_(uids))
+                    )
                 )
+                if uids
+                else set()
             )
         return [
             replace(

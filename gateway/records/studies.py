@@ -271,7 +271,11 @@ class StudyRecords:
         """The one patient a confined caller sees, whose jacket lists all their studies."""
         if access.patients is None or len(access.patients) != 1:
             return None
-        return await self.jackets.of(next(iter(access.patients)))
+        patient = next(iter(access.patients))
+        decided = access.jacket
+        if isinstance(decided, Jacket) and decided.patient == patient:
+            return decided
+        return await self.jackets.of(patient)
 
     # -- expansion ---------------------------------------------------------
 

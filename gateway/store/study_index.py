@@ -74,27 +74,37 @@ class StudyIndex:
     # -- a patient's studies ----------------------------------------------
 
     async def read(self, key: PatientKey) -> PatientStudies:
-        async with self._sessions() as session:
-            state = (
-                await session.execute(
-                    select(IndexedPatient.revalidated_at, IndexedPatient.generation).where(
-                        IndexedPatient.issuer == key[0], IndexedPatient.patient_id == key[1]
-                    )
-                )
-            ).first()
-            if state is None:
-                return PatientStudies(None, 0, [])
-            rows = await session.execute(
-                select(IndexedStudy.study_uid, IndexedStudy.record, IndexedStudy.reports).where(
-                    _of(key)
-                )
+        """One query: the patient's state and studies (read on every patient request)."""
+        statement = (
+            select(
+                IndexedPatient.revalidated_at,
+                IndexedPatient.generation,
+                IndexedStudy.study_uid,
+                IndexedStudy.record,
+                IndexedStudy.reports,
             )
-            studies = [
-                IndexedStudyRow(uid, orjson.loads(record), orjson.loads(reports))
-                for uid, record, reports in rows
-            ]
-        revalidated = as_utc(state[0]) if state[0] is not None else None
-        return PatientStudies(revalidated, state[1], studies)
+            .outerjoin(
+                IndexedStudy,
+                and_(
+                    IndexedStudy.issuer == IndexedPatient.issuer,
+                    IndexedStudy.patient_id == IndexedPatient.patient_id,
+                ),
+            )
+            .where(IndexedPatient.issuer == key[0], IndexedPatient.patient_id == key[1])
+        )
+        async with self._sessions() as session:
+            rows = (await session.execute(statement)).all()
+        if not rows:
+            return PatientStudies(None, 0, [])
+        revalidated, generation = rows[0][0], rows[0][1]
+        studies = [
+            IndexedStudyRow(uid, orjson.loads(record), orjson.loads(reports))
+            for _, _, uid, record, reports in rows
+            if uid is not None
+        ]
+        return PatientStudies(
+            as_utc(revalidated) if revalidated is not None else None, generation, studies
+        )
 
     async def replace(
         self,
@@ -102,13 +112,16 @@ class StudyIndex:
         studies: Sequence[IndexedStudyRow],
         at: datetime,
         generation: int,
+        unchanged: Iterable[str] = (),
     ) -> bool:
-        """Make the patient's rows these studies, read from the PACS at ``at``.
+        """Make the patient's rows these studies, read from the PACS at ``at``
+        (``unchanged``: studies whose rows already say exactly this, not rewritten).
 
         The patient is marked fresh only if nothing marked it stale since its
         ``generation`` was read; returns whether it was.
         """
         wanted = {s.uid for s in studies}
+        same = set(unchanged)
         async with self._sessions() as session:
             existing = set(await session.scalars(select(IndexedStudy.study_uid).where(_of(key))))
             gone = sorted(existing - wanted)
@@ -129,6 +142,7 @@ class StudyIndex:
                     "indexed_at": at,
                 }
                 for s in studies
+                if s.uid not in same
             ]
             for start in range(0, len(rows), CHUNK // 8):
                 statement = insert(IndexedStudy).values(rows[start : start + CHUNK // 8])

@@ -29,6 +29,7 @@ from gateway.services import Services
 from tests.auth.test_oauth_api import Harness, bearer
 from tests.conftest import make_settings, migrate
 from tests.dicomweb.test_stow import CONTENT_TYPE, multipart
+from tests.outages.test_archive_down import closed_port
 from tests.portal.support import DATABASES, Clock
 from tests.records.test_upstream_calls import EveryCallCounted
 
@@ -194,3 +195,23 @@ def test_a_clock_set_back_revalidates(world) -> None:  # type: ignore[no-untyped
     # Nothing stored "in the future" is trusted: the study list and the details are read.
     assert calls == Counter(studies=1, instances=1), calls
     assert first.calls(MINE, token)[1] == Counter()
+
+
+def test_inside_the_bound_the_index_answers_while_the_pacs_is_down(world) -> None:  # type: ignore[no-untyped-def]
+    first, _, clock, store = world
+    _, _, token = tokens(first)
+    seen, _ = first.calls(MINE, token)
+    settings = make_settings(
+        store.parent,
+        database_url=first.harness.services.settings.effective_database_url,
+        dicomweb_url=f"http://127.0.0.1:{closed_port()}/dicom-web",
+        auth_required=True,
+        public_url=BASE,
+        release_delay_hours=0,
+    )
+    services = Services.build(settings, clock=clock)
+    with TestClient(create_app(settings, services=services), base_url=BASE) as client:
+        down = Replica(Harness(client, services), first.upstream)
+        assert down.search(MINE, token) == seen  # studies, series and instances from the index
+        clock.advance(seconds=settings.index_freshness_seconds + 1)
+        assert client.get(MINE, headers=bearer(token)).status_code == 503
