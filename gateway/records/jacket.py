@@ -112,11 +112,13 @@ class Jackets:
         if self._fresh(indexed, now):
             return self._summaries(key, indexed.studies)
         lock = self._revalidating.setdefault(key, asyncio.Lock())
+        waited = lock.locked()
         try:
             async with lock:
-                indexed = await self.studies.read(key)
-                if self._fresh(indexed, now):
-                    return self._summaries(key, indexed.studies)
+                if waited:  # another request of this process may have just revalidated
+                    indexed = await self.studies.read(key)
+                    if self._fresh(indexed, now):
+                        return self._summaries(key, indexed.studies)
                 return self._summaries(key, await self._revalidate(key, indexed, now))
         finally:
             if not lock.locked():
@@ -189,7 +191,8 @@ class Jackets:
             and before.record == row.record
             and before.reports == row.reports
         ]
-        await self.studies.replace(key, rows, now, indexed.generation, unchanged)
+        gone = previous.keys() - records.keys()
+        await self.studies.replace(key, rows, now, indexed.generation, unchanged, gone)
         return rows
 
     async def _reports(self, key: PatientKey) -> list[DicomJson]:

@@ -15,10 +15,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, delete, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.store.models import (
     IndexedPatient,
@@ -67,33 +67,54 @@ def _of(key: PatientKey) -> Any:
     return and_(IndexedStudy.issuer == key[0], IndexedStudy.patient_id == key[1])
 
 
+# The reads every patient request makes, in SQLAlchemy Core on a plain connection (as
+# the token check): building ORM sessions cost more than these queries themselves.
+_PATIENT = IndexedPatient.__table__
+_STUDY = IndexedStudy.__table__
+_DETAIL = StudyDetailRecord.__table__
+_READ = (
+    select(
+        _PATIENT.c.revalidated_at,
+        _PATIENT.c.generation,
+        _STUDY.c.study_uid,
+        _STUDY.c.record,
+        _STUDY.c.reports,
+    )
+    .select_from(
+        _PATIENT.outerjoin(
+            _STUDY,
+            and_(
+                _STUDY.c.issuer == _PATIENT.c.issuer,
+                _STUDY.c.patient_id == _PATIENT.c.patient_id,
+            ),
+        )
+    )
+    .where(
+        _PATIENT.c.issuer == bindparam("issuer"), _PATIENT.c.patient_id == bindparam("patient_id")
+    )
+)
+_DETAILS = select(
+    _DETAIL.c.study_uid,
+    _DETAIL.c.series_count,
+    _DETAIL.c.instance_count,
+    _DETAIL.c.instances,
+    _DETAIL.c.stored_at,
+).where(_DETAIL.c.study_uid.in_(bindparam("uids", expanding=True)))
+
+
 class StudyIndex:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
+        engine = sessions.kw.get("bind")
+        assert isinstance(engine, AsyncEngine), "sessions must be bound to an engine"
+        self._engine: AsyncEngine = engine
 
     # -- a patient's studies ----------------------------------------------
 
     async def read(self, key: PatientKey) -> PatientStudies:
         """One query: the patient's state and studies (read on every patient request)."""
-        statement = (
-            select(
-                IndexedPatient.revalidated_at,
-                IndexedPatient.generation,
-                IndexedStudy.study_uid,
-                IndexedStudy.record,
-                IndexedStudy.reports,
-            )
-            .outerjoin(
-                IndexedStudy,
-                and_(
-                    IndexedStudy.issuer == IndexedPatient.issuer,
-                    IndexedStudy.patient_id == IndexedPatient.patient_id,
-                ),
-            )
-            .where(IndexedPatient.issuer == key[0], IndexedPatient.patient_id == key[1])
-        )
-        async with self._sessions() as session:
-            rows = (await session.execute(statement)).all()
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(_READ, {"issuer": key[0], "patient_id": key[1]})).all()
         if not rows:
             return PatientStudies(None, 0, [])
         revalidated, generation = rows[0][0], rows[0][1]
@@ -113,22 +134,22 @@ class StudyIndex:
         at: datetime,
         generation: int,
         unchanged: Iterable[str] = (),
+        gone: Iterable[str] = (),
     ) -> bool:
-        """Make the patient's rows these studies, read from the PACS at ``at``
-        (``unchanged``: studies whose rows already say exactly this, not rewritten).
+        """Make the patient's rows these studies, read from the PACS at ``at``:
+        ``unchanged`` rows already say exactly this and are not rewritten; ``gone``
+        rows are deleted (studies the PACS no longer lists).
 
         The patient is marked fresh only if nothing marked it stale since its
         ``generation`` was read; returns whether it was.
         """
-        wanted = {s.uid for s in studies}
         same = set(unchanged)
+        removed = sorted(set(gone))
         async with self._sessions() as session:
-            existing = set(await session.scalars(select(IndexedStudy.study_uid).where(_of(key))))
-            gone = sorted(existing - wanted)
-            for start in range(0, len(gone), CHUNK):
+            for start in range(0, len(removed), CHUNK):
                 await session.execute(
                     delete(IndexedStudy).where(
-                        _of(key), IndexedStudy.study_uid.in_(gone[start : start + CHUNK])
+                        _of(key), IndexedStudy.study_uid.in_(removed[start : start + CHUNK])
                     )
                 )
             insert = _insert(session)
@@ -227,21 +248,11 @@ class StudyIndex:
         found: dict[str, StoredDetail] = {}
         if not ordered:
             return found
-        async with self._sessions() as session:
+        async with self._engine.connect() as connection:
             for start in range(0, len(ordered), CHUNK):
-                rows = await session.execute(
-                    select(
-                        StudyDetailRecord.study_uid,
-                        StudyDetailRecord.series_count,
-                        StudyDetailRecord.instance_count,
-                        StudyDetailRecord.instances,
-                        StudyDetailRecord.stored_at,
-                    ).where(StudyDetailRecord.study_uid.in_(ordered[start : start + CHUNK]))
-                )
-                for uid, series, instances, body, stored_at in rows:
-                    found[uid] = StoredDetail(
-                        series, instances, orjson.loads(body), as_utc(stored_at)
-                    )
+                rows = await connection.execute(_DETAILS, {"uids": ordered[start : start + CHUNK]})
+                for uid, series, count, body, stored_at in rows:
+                    found[uid] = StoredDetail(series, count, orjson.loads(body), as_utc(stored_at))
         return found
 
     async def put_details(
