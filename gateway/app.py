@@ -73,6 +73,7 @@ def create_app(
         built = services or Services.build(settings)
         if check_migrations:
             await built.database.ensure_migrated()
+        built.start()
         if not settings.auth_required:
             logger.warning(
                 "GATEWAY_AUTH_REQUIRED is off: /fhir and /dicomweb answer without a token"

@@ -159,6 +159,7 @@ async def patient_access(services: Services, patient: str) -> Access:
         held=jacket.held,
         patients=frozenset({patient}),
         purpose=PATIENT_REQUEST,
+        jacket=jacket,
     )
 
 
@@ -239,6 +240,7 @@ async def _patient_token_access(
         held=jacket.held if not isinstance(chosen, list) else {},
         patients=frozenset({patient}),
         purpose=PATIENT_REQUEST,
+        jacket=jacket,
     )
 
 

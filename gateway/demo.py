@@ -208,7 +208,7 @@ async def ensure_held_study(services: Services, patient_fhir_id: str) -> bool:
     result = await upstream.store_instances(held_copy(originals, policy.clock()))
     if result.failed:
         console.print(f"[yellow]{len(result.failed)} instances of the held study failed[/yellow]")
-    jackets.forget(patient_fhir_id)
+    await jackets.stale(patient_fhir_id)
     return bool(result.stored)
 
 

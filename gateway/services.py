@@ -21,6 +21,7 @@ from gateway.fhir.mapping import MappingContext
 from gateway.mail import Mailer
 from gateway.portal.shares import ShareService
 from gateway.records import Records
+from gateway.records.index_feed import ChangeFollower
 from gateway.records.release import Clock, ReleasePolicy, utc_now
 from gateway.settings import Settings
 from gateway.store.database import Database
@@ -39,6 +40,20 @@ def create_upstream(settings: Settings) -> Upstream:
     return HttpUpstream.from_settings(settings)
 
 
+def create_follower(settings: Settings, records: Records) -> ChangeFollower | None:
+    """The study index's change-feed follower, when ``GATEWAY_INDEX_CHANGE_FEED`` names one."""
+    if settings.index_change_feed != "orthanc":
+        return None
+    from gateway.dicomweb.orthanc_changes import OrthancChanges
+
+    return ChangeFollower(
+        "orthanc",
+        OrthancChanges.from_settings(settings),
+        records.jackets.studies,
+        settings.index_feed_seconds,
+    )
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -50,6 +65,7 @@ class Services:
     audit: Auditor
     shares: ShareService
     mailer: Mailer
+    follower: ChangeFollower | None = None
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @classmethod
@@ -64,11 +80,12 @@ class Services:
         clock = clock or utc_now
         audit = Auditor(database.sessions)
         release = ReleasePolicy(settings, database.sessions, clock)
+        records = Records.build(settings, upstream, database.sessions, release, audit)
         return cls(
             settings=settings,
             database=database,
             upstream=upstream,
-            records=Records.build(settings, upstream, database.sessions, release, audit),
+            records=records,
             mapping_context=MappingContext(
                 dicomweb_url=settings.dicomweb_base_url,
                 local_zone=ZoneInfo(settings.local_timezone) if settings.local_timezone else None,
@@ -83,7 +100,13 @@ class Services:
                 clock=clock,
             ),
             mailer=Mailer(settings),
+            follower=create_follower(settings, records),
         )
+
+    def start(self) -> None:
+        """Start the background work of a serving process (the change feed, if any)."""
+        if self.follower is not None:
+            self.follower.start()
 
     @property
     def clock(self) -> Clock:
@@ -110,6 +133,8 @@ class Services:
         return self.upstream.name
 
     async def aclose(self) -> None:
+        if self.follower is not None:
+            await self.follower.aclose()
         await self.auth.aclose()
         await self.upstream.aclose()
         await self.database.dispose()

@@ -157,6 +157,31 @@ class Settings(BaseSettings):
             "answers 408 and closes the connection."
         ),
     )
+    index_freshness_seconds: Annotated[float, Field(ge=1, le=7 * 86_400)] = Field(
+        60.0,
+        description=(
+            "How long the study index answers a patient's searches without asking the PACS; "
+            "past it the next request reads the patient's studies again. A study stored "
+            "through the gateway shows at once; one sent to the PACS directly, within this."
+        ),
+    )
+    index_change_feed: Annotated[str, Field(pattern="^(|orthanc)$")] = Field(
+        "",
+        description=(
+            "orthanc: follow Orthanc's /changes and re-read the patients whose studies "
+            "changed within seconds; empty: rely on the freshness bound alone."
+        ),
+    )
+    orthanc_url: str | None = Field(
+        None,
+        description=(
+            "Orthanc's REST root for the change feed; empty: GATEWAY_DICOMWEB_URL without "
+            "its last path segment (http://pacs:8042/dicom-web -> http://pacs:8042)."
+        ),
+    )
+    index_feed_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        2.0, description="Seconds between two polls of the change feed."
+    )
     cors_origins: str = Field(
         "*",
         description="Origins allowed to call the API from a browser: * or a space-separated list.",
@@ -268,6 +293,8 @@ class Settings(BaseSettings):
                 "GATEWAY_OFFLOAD=nginx needs GATEWAY_DICOMWEB_URL: nginx fetches from a PACS, "
                 "and the embedded store is read in-process"
             )
+        if self.index_change_feed and self.dicomweb_url is None:
+            raise ValueError("GATEWAY_INDEX_CHANGE_FEED=orthanc needs GATEWAY_DICOMWEB_URL")
         if self.page_size > self.max_page_size:
             raise ValueError("GATEWAY_PAGE_SIZE must not exceed GATEWAY_MAX_PAGE_SIZE")
         return self

@@ -12,7 +12,7 @@ it:
 - ``images``: DICOMweb QIDO, retrieval, metadata, frames, bulk data,
   rendering, STOW, and whole studies as a ZIP;
 - ``jackets``: each patient's studies with the moment each reaches them
-  (the release delay);
+  (the release delay), from the study index in the database;
 - ``trail``: the audit trail and the consents patients gave.
 """
 
@@ -37,6 +37,7 @@ from gateway.records.study_cache import StudyDetailCache
 from gateway.records.trail import TrailRecords
 from gateway.settings import Offload, Settings
 from gateway.store.patients import PatientIndex
+from gateway.store.study_index import StudyIndex
 
 __all__ = ["Access", "Records", "Visibility"]
 
@@ -60,9 +61,14 @@ class Records:
         auditor: Auditor,
     ) -> Records:
         index = PatientIndex(sessions)
+        study_index = StudyIndex(sessions)
         zone = ZoneInfo(settings.local_timezone) if settings.local_timezone else None
-        jackets = Jackets(upstream, index, release, zone)
-        cache = StudyDetailCache(settings.study_cache_seconds, settings.study_cache_size)
+        jackets = Jackets(
+            upstream, index, study_index, release, zone, settings.index_freshness_seconds
+        )
+        cache = StudyDetailCache(
+            study_index, settings.study_cache_seconds, settings.study_cache_size, release.clock
+        )
         studies = StudyRecords(
             upstream, index, jackets, zone, settings.max_search_candidates, cache
         )

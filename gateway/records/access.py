@@ -125,6 +125,9 @@ class Access:
     # Why the caller asks, as the audit trail names it (HL7 v3 ActReason).
     purpose: str | None = None
     seen: Seen = field(default_factory=Seen, compare=False)
+    # The confined patient's jacket this Access was decided from (records.jacket.Jacket),
+    # so the request's operations read the study index once, not again.
+    jacket: object | None = field(default=None, compare=False, repr=False)
 
     def may(self, resource_type: str, action: str) -> bool:
         return self.permits(resource_type, action)

@@ -328,6 +328,7 @@ class ImageRecords:
             batch.clear()
         keys = {k for k in (_key_of(ds) for ds in outcome.stored) if k}
         if keys:
+            await self.studies.stored(keys)
             access.seen.patients.update((await self.index.ids_for(sorted(keys))).values())
         return outcome
 

@@ -1,31 +1,34 @@
 """A patient's jacket: all their studies, with their reports and when each reaches them.
 
-Two upstream calls make it, whatever the number of studies: one study-level
-QIDO by PatientID, and one instance-level QIDO for the patient's reports (SR
-and PDF, by SOP Class UID list matching) with the flags and dates that say
-when each was verified. Both are checked against the patient's issuer, so a
-namesake MRN at another issuer never joins the jacket. The release policy
-then sets each study's ``available_at``.
-
-A jacket is kept for a few seconds per patient: every request of a
-patient-facing caller needs it to decide what the caller sees, and a viewer
-makes hundreds of requests for one study. A study that arrives at the PACS is
-therefore seen within that time; a release or waiver made here is seen at once.
+The jacket is read from the study index in the gateway's database, which
+every replica shares. Inside the freshness bound
+(``GATEWAY_INDEX_FRESHNESS_SECONDS``) it is answered from the index alone.
+Past it, or once a write through the gateway (STOW) or the PACS's change feed
+has marked the patient stale, the next request revalidates: one study-level
+QIDO by PatientID, and, only when a study is new or its counts of series and
+instances changed, one instance-level QIDO for the patient's reports (SR and
+PDF, by SOP Class UID list matching) with the flags and dates that say when
+each was verified. A patient never indexed before gets both at once. Both are
+checked against the patient's issuer, so a namesake MRN at another issuer
+never joins the jacket. The release policy then sets each study's
+``available_at``, from the database at every request, so a release or a
+waiver made on any replica is seen at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from gateway.dicomweb.dicomjson import STUDY_FIELDS
+from gateway.dicomweb import dicomjson as dj
+from gateway.dicomweb.dicomjson import STUDY_FIELDS, DicomJson
 from gateway.dicomweb.upstream import Upstream
 from gateway.records.access import PatientKey, patient_key
 from gateway.records.release import ReleasePolicy
+from gateway.records.study_cache import validator_of
 from gateway.records.summaries import (
     REPORT_CLASSES,
     REPORT_FIELDS,
@@ -35,10 +38,11 @@ from gateway.records.summaries import (
     summarize,
 )
 from gateway.store.patients import PatientIndex
+from gateway.store.study_index import IndexedStudyRow, PatientStudies, StudyIndex
 
 MAX_STUDIES = 1000
 MAX_REPORTS = MAX_STUDIES * 4
-CACHE_SECONDS = 15.0
+FRESHNESS_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -73,71 +77,137 @@ class Jackets:
         self,
         upstream: Upstream,
         index: PatientIndex,
+        studies: StudyIndex,
         release: ReleasePolicy,
         local_zone: ZoneInfo | None,
-        cache_seconds: float = CACHE_SECONDS,
+        freshness_seconds: float = FRESHNESS_SECONDS,
     ) -> None:
         self.upstream = upstream
         self.index = index
+        self.studies = studies
         self.release = release
         self.local_zone = local_zone
-        self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, Jacket]] = {}
+        self.freshness = timedelta(seconds=freshness_seconds)
+        # Only to spare the PACS concurrent revalidations of one patient from this
+        # process; replicas may revalidate side by side, and the last write wins.
+        self._revalidating: dict[PatientKey, asyncio.Lock] = {}
 
     @property
     def clock(self) -> Callable[[], datetime]:
         return self.release.clock
 
     async def of(self, patient_fhir_id: str) -> Jacket:
-        cached = self._cache.get(patient_fhir_id)
-        if cached and cached[0] > time.monotonic():
-            return replace(cached[1], now=self.clock())  # held studies fall due on time
-        jacket = await self._build(patient_fhir_id)
-        self._cache[patient_fhir_id] = (time.monotonic() + self.cache_seconds, jacket)
-        return jacket
-
-    def forget(self, patient_fhir_id: str | None = None) -> None:
-        """Build again at the next request (after a release, a waiver or a change of clock)."""
-        if patient_fhir_id is None:
-            self._cache.clear()
-        else:
-            self._cache.pop(patient_fhir_id, None)
-
-    async def release_early(self, study_uid: str, by: str) -> bool:
-        done = await self.release.release(study_uid, by)
-        self.forget()
-        return done
-
-    async def waive(self, patient_fhir_id: str) -> bool:
-        done = await self.release.waive(patient_fhir_id)
-        self.forget(patient_fhir_id)
-        return done
-
-    async def _build(self, patient_fhir_id: str) -> Jacket:
         now = self.clock()
         key = await self.index.key_for(patient_fhir_id)
         if key is None:
             return Jacket(patient_fhir_id, None, (), now)
-        studies_found, reports_found = await asyncio.gather(
-            self.upstream.search_studies({"PatientID": key[1]}, STUDY_FIELDS, limit=MAX_STUDIES),
-            self.upstream.search_instances(
-                {"PatientID": key[1], "SOPClassUID": ",".join(sorted(REPORT_CLASSES))},
-                REPORT_FIELDS,
-                limit=MAX_REPORTS,
-            ),
-        )
-        reports = [
-            report
-            for row in reports_found
-            if patient_key(row) == key and (report := report_of(row, self.local_zone))
-        ]
-        summaries = []
-        seen: set[str] = set()
-        for found in studies_found:
-            summary = summarize(found, self.local_zone)
-            if summary is None or summary.patient != key or summary.uid in seen:
-                continue
-            seen.add(summary.uid)
-            summaries.append(summary.with_reports(reports))
+        summaries = await self.summaries(key, now)
         applied = await self.release.apply(patient_fhir_id, newest_first(summaries))
         return Jacket(patient_fhir_id, key, tuple(applied), now)
+
+    async def summaries(self, key: PatientKey, now: datetime | None = None) -> list[StudySummary]:
+        """The patient's studies (release delay not applied), revalidated when stale."""
+        now = now or self.clock()
+        indexed = await self.studies.read(key)
+        if self._fresh(indexed, now):
+            return self._summaries(key, indexed.studies)
+        lock = self._revalidating.setdefault(key, asyncio.Lock())
+        waited = lock.locked()
+        try:
+            async with lock:
+                if waited:  # another request of this process may have just revalidated
+                    indexed = await self.studies.read(key)
+                    if self._fresh(indexed, now):
+                        return self._summaries(key, indexed.studies)
+                return self._summaries(key, await self._revalidate(key, indexed, now))
+        finally:
+            if not lock.locked():
+                self._revalidating.pop(key, None)
+
+    async def stale(self, patient_fhir_id: str) -> None:
+        """Read the patient's studies from the PACS again at the next request (after the
+        gateway wrote to the PACS by another way than STOW-RS)."""
+        key = await self.index.key_for(patient_fhir_id)
+        if key is not None:
+            await self.studies.stale([key])
+
+    async def release_early(self, study_uid: str, by: str) -> bool:
+        return await self.release.release(study_uid, by)
+
+    async def waive(self, patient_fhir_id: str) -> bool:
+        return await self.release.waive(patient_fhir_id)
+
+    def _fresh(self, indexed: PatientStudies, now: datetime) -> bool:
+        if indexed.revalidated_at is None:
+            return False
+        # A clock set back (tests, or a corrected system clock) counts as stale.
+        return timedelta(0) <= now - indexed.revalidated_at < self.freshness
+
+    def _summaries(self, key: PatientKey, rows: Sequence[IndexedStudyRow]) -> list[StudySummary]:
+        summaries = []
+        for row in rows:
+            summary = summarize(row.record, self.local_zone)
+            if summary is None or summary.patient != key:
+                continue
+            reports = [r for found in row.reports if (r := report_of(found, self.local_zone))]
+            summaries.append(summary.with_reports(reports))
+        return summaries
+
+    async def _revalidate(
+        self, key: PatientKey, indexed: PatientStudies, now: datetime
+    ) -> list[IndexedStudyRow]:
+        studies = self.upstream.search_studies(
+            {"PatientID": key[1]}, STUDY_FIELDS, limit=MAX_STUDIES
+        )
+        reports: list[DicomJson] | None = None
+        if indexed.revalidated_at is None and not indexed.studies:
+            found, reports = await asyncio.gather(studies, self._reports(key))
+        else:
+            found = await studies
+        records: dict[str, DicomJson] = {}
+        for study in found:
+            uid = dj.text(study, "StudyInstanceUID")
+            if uid and uid not in records and patient_key(study) == key:
+                records[uid] = study
+        previous = {row.uid: row for row in indexed.studies}
+        if reports is None and any(
+            _changed(previous.get(uid), record) for uid, record in records.items()
+        ):
+            reports = await self._reports(key)
+        rows = [
+            IndexedStudyRow(
+                uid,
+                record,
+                [r for r in reports if dj.text(r, "StudyInstanceUID") == uid]
+                if reports is not None
+                else previous[uid].reports,
+            )
+            for uid, record in records.items()
+        ]
+        unchanged = [
+            row.uid
+            for row in rows
+            if (before := previous.get(row.uid)) is not None
+            and before.record == row.record
+            and before.reports == row.reports
+        ]
+        gone = previous.keys() - records.keys()
+        await self.studies.replace(key, rows, now, indexed.generation, unchanged, gone)
+        return rows
+
+    async def _reports(self, key: PatientKey) -> list[DicomJson]:
+        found = await self.upstream.search_instances(
+            {"PatientID": key[1], "SOPClassUID": ",".join(sorted(REPORT_CLASSES))},
+            REPORT_FIELDS,
+            limit=MAX_REPORTS,
+        )
+        return [row for row in found if patient_key(row) == key and report_of(row, None)]
+
+
+def _changed(before: IndexedStudyRow | None, record: DicomJson) -> bool:
+    """Might the study's reports differ from what the index holds? A new study, one
+    whose counts moved, or one whose PACS gives no counts to compare."""
+    if before is None:
+        return True
+    counts = validator_of(record)
+    return None in counts or validator_of(before.record) != counts

@@ -18,15 +18,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.records.summaries import StudySummary
 from gateway.settings import Settings
 from gateway.store.models import DelayWaiver, StudyRelease
 
 Clock = Callable[[], datetime]
+_WAIVED = select(DelayWaiver.__table__.c.patient_fhir_id).where(
+    DelayWaiver.__table__.c.patient_fhir_id == bindparam("patient")
+)
+_RELEASED = select(StudyRelease.__table__.c.study_uid).where(
+    StudyRelease.__table__.c.study_uid.in_(bindparam("uids", expanding=True))
+)
 # Released early, or waived: available since always.
 ALWAYS = datetime.min.replace(tzinfo=UTC)
 
@@ -55,6 +61,9 @@ class ReleasePolicy:
         self.overrides = parse_overrides(settings.release_delay_by_modality)
         self.waiver_allowed = settings.release_waiver_allowed
         self.sessions = sessions
+        engine = sessions.kw.get("bind")
+        assert isinstance(engine, AsyncEngine), "sessions must be bound to an engine"
+        self.engine: AsyncEngine = engine
         self.clock = clock
 
     def delay_for(self, modalities: list[str]) -> timedelta:
@@ -96,13 +105,18 @@ class ReleasePolicy:
         self, patient_fhir_id: str, studies: Sequence[StudySummary]
     ) -> list[StudySummary]:
         """The patient's studies with the moment each becomes available to them."""
-        waived = self.waiver_allowed and await self.has_waived(patient_fhir_id)
         uids = [s.uid for s in studies]
-        async with self.sessions() as session:
-            early = set(
-                await session.scalars(
-                    select(StudyRelease.study_uid).where(StudyRelease.study_uid.in_(uids))
-                )
+        # Core on one connection: this runs on every request of a patient.
+        async with self.engine.connect() as connection:
+            waived = (
+                self.waiver_allowed
+                and (await connection.execute(_WAIVED, {"patient": patient_fhir_id})).first()
+                is not None
+            )
+            early = (
+                set((await connection.execute(_RELEASED, {"uids": uids})).scalars())
+                if uids
+                else set()
             )
         return [
             replace(

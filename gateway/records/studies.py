@@ -2,9 +2,9 @@
 
 A search costs a bounded number of upstream calls whatever the page holds:
 one study-level QIDO with the narrowest filter the PACS can apply (none at
-all for a caller confined to one patient, whose jacket already lists every
-study), then one instance-level QIDO for the page's studies that the detail
-cache cannot answer; the series come from the same answer, since
+all for a caller confined to one patient, or a search naming its patients:
+the study index lists every study of each), then one instance-level QIDO for
+the page's studies that the detail cache cannot answer; the series come from the same answer, since
 instance-level QIDO returns the series attributes too. The caller's
 visibility narrows every query and re-checks every result; ``accepts``
 re-checks every criterion exactly, because PACSes differ in how loosely they
@@ -117,6 +117,10 @@ class StudyRecords:
         jacket = await self.jacket(access)
         return await self.jackets.waive(jacket.patient)
 
+    async def stored(self, keys: Iterable[PatientKey]) -> None:
+        """The gateway stored studies of these patients: their next request sees them."""
+        await self.jackets.studies.stale(keys)
+
     # -- one study ---------------------------------------------------------
 
     async def summary(self, access: Access, uid: str) -> StudySummary:
@@ -212,6 +216,10 @@ class StudyRecords:
         jacket = await self._jacket(access)
         if jacket is not None:
             return [s for s in jacket.studies if wanted(s)], False
+        if keys is not None:
+            # Named patients: the study index lists every study of each, exactly.
+            indexed = [s for key in sorted(keys) for s in await self.jackets.summaries(key)]
+            return [s for s in indexed if wanted(s)], False
         queries = self._queries(access, query, uids, keys)
         batches = await asyncio.gather(
             *(
@@ -263,7 +271,11 @@ class StudyRecords:
         """The one patient a confined caller sees, whose jacket lists all their studies."""
         if access.patients is None or len(access.patients) != 1:
             return None
-        return await self.jackets.of(next(iter(access.patients)))
+        patient = next(iter(access.patients))
+        decided = access.jacket
+        if isinstance(decided, Jacket) and decided.patient == patient:
+            return decided
+        return await self.jackets.of(patient)
 
     # -- expansion ---------------------------------------------------------
 
@@ -274,7 +286,7 @@ class StudyRecords:
 
     async def _expand(self, studies: Sequence[StudySummary]) -> list[StudyDetail]:
         """Series and instances for all studies at once (the cache's misses)."""
-        cached = {s.uid: d for s in studies if (d := self.cache.get(s.source))}
+        cached = await self.cache.get_many([s.source for s in studies])
         missing = [s.uid for s in studies if s.uid not in cached]
         chunks = [missing[i : i + UID_CHUNK] for i in range(0, len(missing), UID_CHUNK)]
         batches = await asyncio.gather(
@@ -291,15 +303,17 @@ class StudyRecords:
             if uid in wanted:
                 instances_by_study.setdefault(uid, []).append(item)
         details = []
+        fetched = []
         for study in studies:
             entry = cached.get(study.uid)
             if entry is not None:
-                details.append(StudyDetail(study, entry.series, entry.instances))
-                continue
-            instances = instances_by_study.get(study.uid, [])
-            series = series_of(instances)
-            self.cache.put(study.source, series, instances)
-            details.append(StudyDetail(study, series, instances))
+                instances = entry.instances
+            else:
+                instances = instances_by_study.get(study.uid, [])
+                fetched.append((study.source, instances))
+            details.append(StudyDetail(study, series_of(instances), instances))
+        if fetched:
+            await self.cache.put_many(fetched)
         return details
 
     async def _note_patients(self, access: Access, studies: Iterable[StudySummary]) -> None:

@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -263,3 +273,68 @@ class AttemptWindow(Base):
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     failures: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# -- the study index (issue 12) ---------------------------------------------
+# What the PACS said of each patient's studies at the last revalidation, so that
+# searches inside the freshness bound are answered without asking it. Every
+# replica reads and writes the same rows; nothing of it is kept per process.
+
+
+class IndexedPatient(Base):
+    """When a patient's studies were last read from the PACS.
+
+    ``revalidated_at`` None: read them again before answering. ``generation`` grows
+    whenever something says the patient's studies changed (a STOW through the
+    gateway, the PACS's change feed), so a revalidation that began before the
+    change does not mark the patient fresh.
+    """
+
+    __tablename__ = "study_index_patient"
+
+    issuer: Mapped[str] = mapped_column(String(128), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    revalidated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class IndexedStudy(Base):
+    """One study of one patient: its study-level QIDO record and its report rows.
+
+    Keyed by patient and study, so a study UID that a PACS files under two
+    patients stays two rows, each seen only by its own patient.
+    """
+
+    __tablename__ = "study_index"
+    __table_args__ = (Index("ix_study_index_study", "study_uid"),)
+
+    issuer: Mapped[str] = mapped_column(String(128), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    record: Mapped[str] = mapped_column(Text)  # DICOM JSON (orjson)
+    reports: Mapped[str] = mapped_column(Text, default="[]")  # instance-level QIDO rows
+    indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class StudyDetailRecord(Base):
+    """The instances of a study (instance-level QIDO, the FHIR mapping's fields),
+    valid while the PACS still counts the same series and instances."""
+
+    __tablename__ = "study_detail"
+
+    study_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    series_count: Mapped[int] = mapped_column(Integer)
+    instance_count: Mapped[int] = mapped_column(Integer)
+    instances: Mapped[str] = mapped_column(Text)  # DICOM JSON list (orjson)
+    stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class IndexFeed(Base):
+    """A PACS change feed's cursor, and which replica holds the lease to poll it."""
+
+    __tablename__ = "study_index_feed"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    cursor: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    holder: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -62,13 +62,17 @@ def counted(
 def test_calls_do_not_grow_with_the_page(counted) -> None:
     client, upstream = counted
     patient = client.get(f"/fhir/Patient?identifier={BENCH_PATIENT_ID}").json()["entry"][0]
+    # The first search fills the study index (the patient's studies and reports); the
+    # next is answered from it. The page costs one instance-level QIDO either way
+    # (the detail cache is off here), and series come with the instances.
+    expected = {1: Counter(studies=1, instances=2), 10: Counter(instances=1)}
     for count in (1, 10):
         upstream.calls.clear()
         bundle = client.get(
             f"/fhir/ImagingStudy?patient={patient['resource']['id']}&_count={count}"
         ).json()
         assert len(bundle["entry"]) == count
-        assert upstream.calls == Counter(studies=1, instances=1)  # series come with instances
+        assert upstream.calls == expected[count]
 
 
 def test_a_cut_short_search_has_no_total_and_says_so(counted) -> None:

@@ -73,6 +73,9 @@ def test_no_token_type_page_or_launch_gets_a_500_while_the_pacs_is_down(
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'g.db'}",
         dicomweb_url=f"http://127.0.0.1:{closed_port()}/dicom-web",
     )
+    # Past the study index's freshness bound, so that every page needs the PACS
+    # (inside it, lists are answered from the index: tests/records/test_study_index.py).
+    clock.advance(seconds=down.index_freshness_seconds + 1)
     services = Services.build(down, clock=clock)
     with TestClient(create_app(down, services=services), base_url=BASE) as client:
         for holder, token in tokens.items():

@@ -93,7 +93,6 @@ def test_a_held_study_says_when_it_will_be_available(
     assert isinstance(clock, Clock)
     before = clock.now
     clock.now = datetime.fromisoformat(newest.date).replace(tzinfo=UTC) + timedelta(days=1)
-    harness.services.records.jackets.forget()
     try:
         page = harness.client.get(f"/portal/studies/{newest.uid}")
         assert page.status_code == 403 and "will be available to you from" in page.text
@@ -105,7 +104,6 @@ def test_a_held_study_says_when_it_will_be_available(
         assert harness.client.get(f"/portal/studies/{newest.uid}/download").status_code == 404
     finally:
         clock.now = before
-        harness.services.records.jackets.forget()
 
 
 def test_the_image_routes_need_a_portal_session(

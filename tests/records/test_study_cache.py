@@ -1,8 +1,11 @@
-"""The study detail cache: used only while the PACS's counts still agree."""
+"""The study detail cache (in the database): used only while the PACS's counts still agree."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,8 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.dicomweb.dicomjson import element, tag
 from gateway.records.study_cache import StudyDetailCache
+from gateway.store.database import Database
+from gateway.store.study_index import StudyIndex
 from tests.conftest import make_settings, migrate
 
 
@@ -25,26 +30,52 @@ def study(uid: str, series: int | None, instances: int | None) -> dict:
     return data
 
 
-def test_hit_only_while_counts_agree() -> None:
-    cache = StudyDetailCache(ttl=60, max_entries=10)
-    cache.put(study("1.2", 1, 3), [{"s": 1}], [{"i": 1}])
-    assert cache.get(study("1.2", 1, 3)) is not None
-    assert cache.get(study("1.2", 1, 4)) is None  # an instance arrived
-    assert cache.get(study("1.2", 1, 3)) is None  # and the stale entry is gone
+@pytest.fixture
+def cache_on(tmp_path: Path) -> Iterator[tuple[StudyIndex, list[datetime]]]:
+    """A migrated SQLite database's study index, and a clock the test moves."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cache.db'}"
+    migrate(make_settings(tmp_path, database_url=url))
+    database = Database(url)
+    yield StudyIndex(database.sessions), [datetime(2030, 1, 1, tzinfo=UTC)]
+    asyncio.run(database.dispose())
 
 
-def test_no_counts_means_no_caching_and_ttl_and_size_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    cache = StudyDetailCache(ttl=60, max_entries=2)
-    cache.put(study("1.1", None, None), [], [])
-    assert cache.get(study("1.1", None, None)) is None
-    for uid in ("1.3", "1.4", "1.5"):
-        cache.put(study(uid, 1, 1), [], [])
-    assert cache.get(study("1.3", 1, 1)) is None  # evicted, least recently used
-    assert cache.get(study("1.5", 1, 1)) is not None
-    later = time.monotonic() + 61
-    monkeypatch.setattr("gateway.records.study_cache.time.monotonic", lambda: later)
-    assert cache.get(study("1.5", 1, 1)) is None
-    assert not StudyDetailCache(ttl=0, max_entries=5).enabled
+def _cache(index: StudyIndex, now: list[datetime], ttl: float, size: int) -> StudyDetailCache:
+    return StudyDetailCache(index, ttl, size, lambda: now[0])
+
+
+def test_hit_only_while_counts_agree(cache_on) -> None:  # type: ignore[no-untyped-def]
+    index, now = cache_on
+    cache = _cache(index, now, ttl=60, size=10)
+
+    async def run() -> None:
+        await cache.put_many([(study("1.2", 1, 3), [{"i": 1}])])
+        assert (await cache.get_many([study("1.2", 1, 3)]))["1.2"].instances == [{"i": 1}]
+        assert await cache.get_many([study("1.2", 1, 4)]) == {}  # an instance arrived
+
+    asyncio.run(run())
+
+
+def test_no_counts_means_no_caching_and_ttl_and_size_bound(cache_on) -> None:  # type: ignore[no-untyped-def]
+    index, now = cache_on
+    cache = _cache(index, now, ttl=60, size=2)
+
+    async def run() -> None:
+        await cache.put_many([(study("1.1", None, None), [])])
+        assert await cache.get_many([study("1.1", None, None)]) == {}
+        for uid in ("1.3", "1.4", "1.5"):
+            now[0] += timedelta(seconds=1)
+            await cache.put_many([(study(uid, 1, 1), [])])
+        assert await cache.get_many([study("1.3", 1, 1)]) == {}  # evicted, the oldest stored
+        assert set(await cache.get_many([study("1.4", 1, 1), study("1.5", 1, 1)])) == {
+            "1.4",
+            "1.5",
+        }
+        now[0] += timedelta(seconds=61)
+        assert await cache.get_many([study("1.5", 1, 1)]) == {}
+
+    asyncio.run(run())
+    assert not _cache(index, now, ttl=0, size=5).enabled
 
 
 def test_a_new_instance_shows_on_the_next_search(tmp_path: Path, fixture_files: list[Path]) -> None:

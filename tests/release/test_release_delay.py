@@ -66,7 +66,6 @@ def test_a_new_study_waits_for_the_patient_but_not_for_providers(
     assert started is not None
     # One hour after the newest study: it (and its report) is within the 72 hours.
     clock.now = started + timedelta(hours=1)
-    harness.services.records.jackets.forget()
     token = harness.patient_token(
         patient, "launch/patient patient/ImagingStudy.rs patient/DocumentReference.rs"
     )
@@ -90,7 +89,6 @@ def test_a_new_study_waits_for_the_patient_but_not_for_providers(
     )
     # After the delay it appears.
     clock.now = started + timedelta(days=4)
-    harness.services.records.jackets.forget()
     assert (
         harness.client.get(f"/fhir/ImagingStudy/{study['id']}", headers=bearer(token)).status_code
         == 200
@@ -105,7 +103,6 @@ def test_early_release_and_waiver(clocked: tuple[Harness, Clock]) -> None:
     ).json()["entry"][0]["resource"]["id"]
     study = newest(harness, system, patient)
     clock.now = datetime.fromisoformat(study["started"]) + timedelta(hours=1)
-    harness.services.records.jackets.forget()
     token = harness.patient_token(patient, "launch/patient patient/ImagingStudy.rs")
     path = f"/fhir/ImagingStudy/{study['id']}"
     assert harness.client.get(path, headers=bearer(token)).status_code == 403
@@ -118,7 +115,6 @@ def test_early_release_and_waiver(clocked: tuple[Harness, Clock]) -> None:
     ).json()["entry"][0]["resource"]["id"]
     other_study = newest(harness, system, other)
     clock.now = datetime.fromisoformat(other_study["started"]) + timedelta(hours=1)
-    harness.services.records.jackets.forget()
     other_token = harness.patient_token(other, "launch/patient patient/ImagingStudy.rs")
     other_path = f"/fhir/ImagingStudy/{other_study['id']}"
     assert harness.client.get(other_path, headers=bearer(other_token)).status_code == 403
@@ -149,7 +145,6 @@ def test_the_portal_shows_held_studies_and_the_waiver(clocked: tuple[Harness, Cl
         if "T" in started
         else datetime.fromisoformat(started + "T00:00:00+00:00")
     ) + timedelta(hours=1)
-    harness.services.records.jackets.forget()
     account = harness.call(harness.services.auth.accounts.enroll_patient, patient, "1970-01-01")
     harness.call(
         harness.services.auth.accounts.activate, account.login, "1970-01-01", "portal passphrase"
