@@ -111,12 +111,16 @@ def test_two_studies_of_one_patient(make_upstream: MakeUpstream, catalog, origin
         facts = catalog[uid]
         assert str(facts.first.StudyDescription) in readme
         assert f"({facts.instances} files)" in readme
-    # Members are in series then instance order within each study.
-    keys = [
+    # Members come study by study and series by series. Within a series they come in
+    # the order the archive sends its answer (one request per series); their names
+    # carry the instance number, so a listing of the files sorts them.
+    series_keys = [(n.split("/")[0], int(d.get("SeriesNumber") or 0)) for n, d in datasets.items()]
+    assert series_keys == sorted(series_keys)
+    by_name = [
         (n.split("/")[0], int(d.get("SeriesNumber") or 0), int(d.get("InstanceNumber") or 0))
-        for n, d in datasets.items()
+        for n, d in sorted(datasets.items())
     ]
-    assert keys == sorted(keys)
+    assert by_name == sorted(by_name)
 
 
 def test_nothing_of_another_patient_leaks(make_upstream: MakeUpstream, catalog) -> None:
@@ -234,7 +238,8 @@ def test_a_malformed_body_raises_and_closes(body: bytes) -> None:
 
 
 class ManyInstances:
-    """``count`` one-part instances; counts the answers open at once."""
+    """``count`` one-part instances, each in a series of its own (one request each);
+    counts the answers open at once."""
 
     name = "fake"
     study = "1.2.3"
@@ -248,8 +253,8 @@ class ManyInstances:
         return [
             {
                 dj.tag("StudyInstanceUID"): dj.element("UI", self.study),
-                dj.tag("SeriesInstanceUID"): dj.element("UI", "1.2.3.4"),
-                dj.tag("SOPInstanceUID"): dj.element("UI", f"1.2.3.4.{n}"),
+                dj.tag("SeriesInstanceUID"): dj.element("UI", f"1.2.3.4.{n}"),
+                dj.tag("SOPInstanceUID"): dj.element("UI", f"1.2.3.4.{n}.1"),
                 dj.tag("InstanceNumber"): dj.element("IS", n),
             }
             for n in range(1, self.count + 1)
