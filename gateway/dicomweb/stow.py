@@ -18,6 +18,8 @@ from typing import IO, Any
 
 import anyio
 from pydicom import Dataset, dcmread
+from pydicom.charset import convert_encodings
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import data_element_generator, read_preamble
 from pydicom.tag import Tag
@@ -49,6 +51,7 @@ NEEDED = frozenset(
 )
 LAST_NEEDED = max(NEEDED)
 TRANSFER_SYNTAX = Tag("TransferSyntaxUID")
+CHARACTER_SET = Tag("SpecificCharacterSet")
 # FailureReason values (PS3.4 Annex B / PS3.18 10.5.3).
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
@@ -85,13 +88,21 @@ def boundary_of(content_type: str) -> str:
 async def spool(chunks: AsyncIterator[bytes], limit: int) -> IO[bytes]:
     """The body in a temporary file (memory up to 1 MiB, then disk); 413 past ``limit``."""
     spooled: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=IN_MEMORY)
-    size = 0
+    size = batched = 0
+    batch: list[bytes] = []
     try:
         async for chunk in chunks:
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(f"The upload exceeds the limit of {limit} bytes.")
-            await anyio.to_thread.run_sync(spooled.write, chunk)
+            # One thread hop per WRITE_BATCH, not per chunk the server hands over.
+            batch.append(chunk)
+            batched += len(chunk)
+            if batched >= WRITE_BATCH:
+                await anyio.to_thread.run_sync(spooled.writelines, batch)
+                batch, batched = [], 0
+        if batch:
+            await anyio.to_thread.run_sync(spooled.writelines, batch)
     except BaseException:
         spooled.close()  # too large, stalled (408) or disconnected: the spool goes now
         raise
@@ -195,7 +206,10 @@ def _needed_elements(content: bytes) -> Dataset:
         if element.tag in NEEDED
     }
     dataset = Dataset(found)
-    dataset.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian, "iso8859")
+    encoding: str | list[str] = "iso8859"  # the default character repertoire
+    if isinstance(charset := found.get(CHARACTER_SET), RawDataElement):
+        encoding = convert_encodings(convert_raw_data_element(charset).value)
+    dataset.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian, encoding)
     return dataset
 
 
