@@ -120,3 +120,25 @@ def test_a_failed_upload_fails_the_request_and_leaves_none_running(harness) -> N
     assert status == 503
     assert upstream.running == 0
     assert len(upstream.uploads) <= 3  # the one that failed, the one beside it, maybe one more
+
+
+def test_an_answer_with_failures_carries_a_warning(harness) -> None:  # type: ignore[no-untyped-def]
+    client, _ = harness
+    token = bearer(client.backend_token("system/ImagingStudy.c"))
+    good = instance(generate_uid(), 1)[1]
+    for parts, status in (([b"not dicom", b"nor this"], 409), ([good, b"not dicom"], 202)):
+        boundary = "warn-boundary"
+        body = (
+            b"".join(
+                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n"
+                for p in parts
+            )
+            + f"--{boundary}--\r\n".encode()
+        )
+        kind = f'multipart/related; type="application/dicom"; boundary={boundary}'
+        answer = client.client.post(
+            "/dicomweb/studies", content=body, headers={**token, "Content-Type": kind}
+        )
+        assert answer.status_code == status
+        assert answer.headers["warning"].startswith("299 ")
+        assert answer.json()["00081198"]["Value"]
