@@ -35,7 +35,8 @@ WRITE_BATCH = 1 << 20
 # UPLOADS_IN_FLIGHT groups on their way while the next is read and checked, so the
 # gateway's work overlaps the archive's, and an archive that stores requests in
 # parallel (Orthanc does) uses its cores. Memory: about (UPLOADS_IN_FLIGHT + 1) groups.
-# Orthanc stored groups of 25 small instances as fast as groups of 50 (bench/stow.py).
+# Orthanc stored requests of 25 small instances as fast as requests of 50, and two
+# clients at once 1.4 times as fast as one (docs/benchmarks.md, issue 12).
 GROUP_BYTES = 8 << 20
 GROUP_PARTS = 25
 UPLOADS_IN_FLIGHT = 2
@@ -188,8 +189,8 @@ def _needed_elements(content: bytes) -> Dataset:
     """The elements of ``NEEDED`` from the start of a Part 10 file.
 
     pydicom's element reader stops after Series Instance UID and converts only
-    these: a quarter of the time ``dcmread`` takes to build the whole header, which
-    was the gateway's largest cost per stored instance (bench/stow.py). A deflated
+    these: half the time ``dcmread`` took to build the whole header, which was
+    the gateway's largest cost per stored instance (py-spy on bench/stow.py). A deflated
     data set cannot be read this way, so it goes through ``dcmread``.
     """
     stream = BytesIO(content)

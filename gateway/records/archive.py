@@ -4,11 +4,12 @@ Instances are listed with instance-level QIDO (narrowed by, and re-checked
 against, the request's visibility). Each series is then fetched with one
 WADO-RS request and its multipart answer split as it streams: every part is
 named by the SOP Instance UID in its file meta and copied into its ZIP member
-as its bytes arrive, so memory stays around one chunk whatever the size of the
-studies. Only the instances listed (and permitted) go into the ZIP; a part the
-listing did not name is dropped unread. A series in which the listing found
-instances the caller may not see is fetched instance by instance instead, so
-their bytes never reach the gateway; so is a series of one instance.
+as its bytes arrive, so memory stays around a megabyte (``FLUSH_BYTES`` and a
+chunk) whatever the size of the studies. Only the instances listed (and
+permitted) go into the ZIP; a part the listing did not name is dropped. A
+series in which the listing found instances the caller may not see is fetched
+instance by instance instead, so their bytes never reach the gateway; so is a
+series of one instance.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ AHEAD = 1
 LAST = 1 << 31
 # The ZIP goes out in pieces of about this size, not one per upstream chunk: each write
 # is a trip through the middleware, uvicorn and the socket. With 256 KiB upstream reads
-# (http_upstream.py) it took the gateway from about 3.2 to 2.0-2.3 CPU seconds per GB
+# (http_upstream.py) it took the gateway from about 3.2 to 1.9-2.5 CPU seconds per GB
 # (bench/share_download.py; the reads alone: 2.6, these writes alone: 3.0). Memory per
 # download: about twice this.
 FLUSH_BYTES = 512 << 10
@@ -111,7 +112,7 @@ async def study_archive(
     fetches = _plan(studies)
     # The next request is made while this one streams, so its round trip to the
     # archive overlaps the copy. An unread answer waits in its socket's flow-controlled
-    # buffers, not here: memory stays about one chunk.
+    # buffers, not here.
     upcoming: deque[asyncio.Task[Retrieved]] = deque(
         _request(upstream, fetch) for fetch in fetches[:AHEAD]
     )

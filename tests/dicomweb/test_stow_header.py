@@ -7,9 +7,9 @@ import warnings
 from io import BytesIO
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRBigEndian, ImplicitVRLittleEndian, generate_uid
@@ -17,6 +17,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRBigEndian, ImplicitVRLittleEnd
 from gateway.dicomweb.stow import NEEDED, inspect_instance
 
 KEYWORDS = sorted(keyword_for_tag(tag) for tag in NEEDED)
+# The files pydicom installs (get_testdata_files would try to download more).
+SHIPPED = Path(pydicom.__file__).parent / "data" / "test_files"
 
 
 def _reference(raw: bytes) -> Dataset | None:
@@ -29,13 +31,9 @@ def _reference(raw: bytes) -> Dataset | None:
     return found if "SOPInstanceUID" in found and "SOPClassUID" in found else None
 
 
-@pytest.mark.parametrize(
-    "path",
-    sorted(p for p in get_testdata_files("*") if p.endswith(".dcm")),
-    ids=lambda p: Path(p).name,
-)
-def test_same_as_dcmread(path: str) -> None:
-    raw = Path(path).read_bytes()
+@pytest.mark.parametrize("path", sorted(SHIPPED.rglob("*.dcm")), ids=lambda p: p.name)
+def test_same_as_dcmread(path: Path) -> None:
+    raw = path.read_bytes()
     expected = _reference(raw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -80,7 +78,7 @@ def test_patient_and_uids_in_any_syntax_and_character_set(
 
 
 def test_deflated_and_not_dicom() -> None:
-    deflated = Path(get_testdata_file("image_dfl.dcm")).read_bytes()
+    deflated = (SHIPPED / "image_dfl.dcm").read_bytes()
     expected = _reference(deflated)
     found = inspect_instance({}, deflated)
     assert found is not None and expected is not None
