@@ -7,12 +7,21 @@ it into a private Orthanc, and starts `gateway serve` in front of it with tokens
 required. It enrols the study's patient and makes a share link of the study
 (as the portal does), then opens the link with its PIN over HTTP like a
 browser. It then downloads /share/view/download (a ZIP of Part 10 files,
-streamed one WADO-RS instance at a time), alternating with a direct WADO-RS
-retrieval of the same study from Orthanc.
+streamed from one WADO-RS request per series), in interleaved rounds with two
+direct WADO-RS retrievals of the same study from Orthanc (the order flips each
+round, so a drift in the machine's load falls on all alike): one with the
+default Accept (Orthanc checks each instance's transfer syntax), and one as
+stored (`transfer-syntax=*`, what the gateway itself asks for; cheaper for
+Orthanc).
 
-Reports the MB/s of both, and the gateway's peak RSS growth during the
-downloads, from /proc. Memory should stay flat whatever the study size. The
-last ZIP is checked: one Part 10 file per instance.
+Reports the MB/s of each (medians), the ZIP's ratio to the faster direct
+retrieval (target >= 0.5), the
+gateway's peak RSS growth during the downloads, and the CPU seconds each
+process spent per GB moved (from /proc/<pid>/stat, so they do not depend on
+what else the machine runs): Orthanc's and the client's on the direct path,
+and Orthanc's, the gateway's and the client's on the ZIP path. Memory should
+stay flat whatever the study size. The last ZIP is checked: one Part 10 file
+per instance.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -45,6 +55,7 @@ from tests.conftest import serve_gateway  # noqa: E402
 from tests.support.orthanc import run_orthanc  # noqa: E402
 
 BENCH_PATIENT = ("", "BENCH-DICOMWEB")  # the patient bench/dicomweb.py writes
+AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
 async def make_share(database_url: str, base: str, study: str) -> tuple[str, str]:
@@ -75,10 +86,12 @@ def open_share(client: httpx.Client, link: str, pin: str) -> None:
         raise SystemExit(f"the PIN did not open the share: HTTP {opened.status_code}")
 
 
-def download(client: httpx.Client, url: str, keep: Path | None) -> tuple[int, float]:
+def download(
+    client: httpx.Client, url: str, keep: Path | None, accept: str = "*/*"
+) -> tuple[int, float]:
     started = time.perf_counter()
     total = 0
-    with client.stream("GET", url) as response:
+    with client.stream("GET", url, headers={"Accept": accept}) as response:
         response.raise_for_status()
         with keep.open("wb") if keep else open(os.devnull, "wb") as sink:
             for chunk in response.iter_bytes(1 << 20):
@@ -87,10 +100,29 @@ def download(client: httpx.Client, url: str, keep: Path | None) -> tuple[int, fl
     return total, time.perf_counter() - started
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process (this one when ``pid`` is None)."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(
+    pids: dict[str, int | None], transfer: Callable[[], tuple[int, float]]
+) -> tuple[float, dict[str, float]]:
+    """MB/s of one transfer, and each process's CPU seconds per GB moved."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    size, seconds = transfer()
+    spent = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    return size / seconds / 1e6, {name: cpu / (size / 1e9) for name, cpu in spent.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--megabytes", type=int, default=520)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
@@ -113,22 +145,34 @@ def main() -> None:
                 link, pin = asyncio.run(make_share(database_url, base, study))
                 direct_url = f"{orthanc.dicomweb_url}/studies/{study}"
                 zip_url = f"{base}/share/view/download"
-                speeds: dict[str, list[float]] = {"direct": [], "share_zip": []}
+                paths = ("direct", "direct_as_stored", "share_zip")
+                speeds: dict[str, list[float]] = {name: [] for name in paths}
+                cpu: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
+                direct_pids = {"orthanc": orthanc.process.pid, "client": None}
+                pids = {
+                    "direct": direct_pids,
+                    "direct_as_stored": direct_pids,
+                    "share_zip": {"orthanc": orthanc.process.pid, "gateway": pid, "client": None},
+                }
+                kept = work / "last.zip"
                 with httpx.Client(timeout=600) as client:
                     open_share(client, link, pin)
                     download(client, zip_url, None)  # warm the path once
                     baseline = rss_kib(pid, "VmRSS")
+                    transfers = {
+                        "direct": lambda: pull(client, direct_url),
+                        "direct_as_stored": lambda: download(client, direct_url, None, AS_STORED),
+                        "share_zip": lambda: download(client, zip_url, None),
+                    }
                     for round_number in range(args.rounds):
-                        size, seconds = pull(client, direct_url)
-                        speeds["direct"].append(size / seconds / 1e6)
-                        last = round_number == args.rounds - 1
-                        kept = work / "last.zip" if last else None
-                        zip_size, seconds = download(client, zip_url, kept)
-                        speeds["share_zip"].append(zip_size / seconds / 1e6)
+                        order = list(paths)[:: 1 if round_number % 2 == 0 else -1]
+                        for name in order:
+                            speed, spent = measured(pids[name], transfers[name])
+                            speeds[name].append(speed)
+                            cpu[name].append(spent)
                     peak = rss_kib(pid, "VmHWM")
-                members = [
-                    n for n in zipfile.ZipFile(work / "last.zip").namelist() if n.endswith(".dcm")
-                ]
+                    zip_size, _ = download(client, zip_url, kept)  # to check, not timed
+                members = [n for n in zipfile.ZipFile(kept).namelist() if n.endswith(".dcm")]
                 if len(members) != count:
                     raise SystemExit(f"the ZIP holds {len(members)} files, not {count}")
     figures = {
@@ -136,13 +180,28 @@ def main() -> None:
         "instances": count,
         "rounds": args.rounds,
         "direct_wado_MBps": round(statistics.median(speeds["direct"]), 1),
+        "direct_wado_as_stored_MBps": round(statistics.median(speeds["direct_as_stored"]), 1),
         "share_zip_MBps": round(statistics.median(speeds["share_zip"]), 1),
         "gateway_rss_baseline_MB": round(baseline / 1024, 1),
         "gateway_peak_rss_growth_MB": round((peak - baseline) / 1024, 1),
+        "zip_vs_faster_direct_per_round": [
+            round(z / max(d, a), 2)
+            for z, d, a in zip(
+                speeds["share_zip"], speeds["direct"], speeds["direct_as_stored"], strict=True
+            )
+        ],
+        "cpu_seconds_per_GB": {
+            path: {name: round(statistics.median(r[name] for r in runs), 2) for name in runs[0]}
+            for path, runs in cpu.items()
+        },
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
     }
+    faster = max(figures["direct_wado_MBps"], figures["direct_wado_as_stored_MBps"])
     figures["zip_vs_direct"] = round(figures["share_zip_MBps"] / figures["direct_wado_MBps"], 2)
+    figures["zip_vs_faster_direct"] = round(figures["share_zip_MBps"] / faster, 2)
     print(json.dumps(figures, indent=2))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

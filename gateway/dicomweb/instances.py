@@ -9,6 +9,7 @@ them, and answers 500), and the gateway decodes what it needs itself.
 
 from __future__ import annotations
 
+import struct
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,10 +18,11 @@ from typing import IO
 
 import anyio
 import orjson
+from pydicom.filereader import data_element_generator
 from python_multipart import MultipartParser
 
 from gateway.dicomweb import stow
-from gateway.dicomweb.dicomjson import DicomJson
+from gateway.dicomweb.dicomjson import DicomJson, is_uid
 from gateway.dicomweb.upstream import Upstream
 from gateway.errors import GatewayError, PayloadTooLarge, UpstreamBadResponse
 
@@ -31,52 +33,119 @@ MAX_INSTANCE_BYTES = 512 << 20
 MAX_METADATA_BYTES = 64 << 20
 # A spooled instance stays in memory up to this size, then goes to a temporary file.
 IN_MEMORY = 8 << 20
+PART_END = None  # what ``Parts.feed`` gives where a part ends
+# A Part 10 file: a 128-byte preamble, "DICM", then the file meta (group 0002), which
+# always comes in Explicit VR Little Endian and starts with its own length.
+META_START = 132
+GROUP_LENGTH_END = META_START + 12
+MEDIA_STORAGE_SOP_INSTANCE_UID = 0x00020003
+# The file meta is a few hundred bytes; one that does not fit here is not believed.
+MAX_META_BYTES = 64 << 10
 
 
 def unreadable() -> UpstreamBadResponse:
     return UpstreamBadResponse("The archive sent an instance that cannot be read.")
 
 
-class SinglePart:
-    """The body of the one part of a WADO-RS multipart answer, as the answer streams in."""
+class Parts:
+    """The parts of a WADO-RS multipart answer, as the answer streams in.
+
+    ``feed`` turns each chunk into the pieces of part bodies it holds, in order,
+    with ``PART_END`` where a part ends; ``finish`` raises unless the closing
+    boundary came. Nothing is held between chunks but the parser's lookbehind.
+    """
 
     def __init__(self, media_type: str) -> None:
         try:
             self._parser = MultipartParser(
                 stow.boundary_of(media_type),
-                {"on_part_begin": self._begin, "on_part_data": self._data, "on_end": self._end},
+                {
+                    "on_part_begin": self._begin,
+                    "on_part_data": self._data,
+                    "on_part_end": self._part_end,
+                    "on_end": self._end,
+                },
             )
         except (GatewayError, ValueError):
             raise unreadable() from None
-        self._pieces: list[bytes] = []
-        self._parts = self._size = 0
+        self._pieces: list[bytes | None] = []
+        self.begun = 0
         self._ended = False
 
     def _begin(self) -> None:
-        self._parts += 1
+        self.begun += 1
 
     def _data(self, data: bytes, start: int, end: int) -> None:
-        self._pieces.append(data[start:end])
-        self._size += end - start
+        if end > start:
+            self._pieces.append(data[start:end])
+
+    def _part_end(self) -> None:
+        self._pieces.append(PART_END)
 
     def _end(self) -> None:
         self._ended = True
 
-    def feed(self, chunk: bytes) -> list[bytes]:
+    def feed(self, chunk: bytes) -> list[bytes | None]:
         try:
             self._parser.write(chunk)
         except ValueError:  # MultipartParseError
             raise unreadable() from None
-        if self._parts > 1:
-            raise unreadable()
         pieces, self._pieces = self._pieces, []
         return pieces
 
     def finish(self) -> None:
         # The parser never complains about a body cut short: only the closing
-        # boundary tells a whole instance from a truncated one.
-        if not self._ended or self._parts != 1 or not self._size:
+        # boundary tells a whole answer from a truncated one.
+        if not self._ended or not self.begun:
             raise unreadable()
+
+
+class SinglePart:
+    """The body of the one part of a WADO-RS multipart answer, as the answer streams in."""
+
+    def __init__(self, media_type: str) -> None:
+        self._parts = Parts(media_type)
+        self._size = 0
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        pieces = [piece for piece in self._parts.feed(chunk) if isinstance(piece, bytes)]
+        if self._parts.begun > 1:
+            raise unreadable()
+        self._size += sum(len(piece) for piece in pieces)
+        return pieces
+
+    def finish(self) -> None:
+        self._parts.finish()
+        if self._parts.begun != 1 or not self._size:
+            raise unreadable()
+
+
+def named_instance(head: bytes | bytearray, complete: bool) -> str | None:
+    """The SOP Instance UID the file meta of a Part 10 file names, from the file's first
+    bytes; None while ``head`` (all of the file when ``complete``) is too short to tell."""
+    if len(head) < GROUP_LENGTH_END and not complete:
+        return None
+    if head[128:META_START] != b"DICM":
+        raise unreadable()
+    end = MAX_META_BYTES
+    if head[META_START : META_START + 6] == b"\x02\x00\x00\x00UL":
+        end = GROUP_LENGTH_END + int.from_bytes(head[140:GROUP_LENGTH_END], "little")
+    # Without its group length (some writers leave it out) the meta ends where group
+    # 0002 does, somewhere before MAX_META_BYTES.
+    if len(head) < min(end, MAX_META_BYTES) and not complete:
+        return None
+    meta = BytesIO(bytes(head[META_START : min(end, MAX_META_BYTES)]))
+    try:
+        for element in data_element_generator(
+            meta, False, True, stop_when=lambda tag, vr, length: tag.group != 2
+        ):
+            if element.tag == MEDIA_STORAGE_SOP_INSTANCE_UID and isinstance(element.value, bytes):
+                uid = element.value.decode("ascii", "replace").strip("\0 ")
+                if is_uid(uid):
+                    return uid
+    except (ValueError, KeyError, EOFError, OSError, struct.error):
+        pass
+    raise unreadable()
 
 
 @asynccontextmanager

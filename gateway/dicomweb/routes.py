@@ -228,7 +228,13 @@ async def store_instances(request: Request, services: Services, access: Access) 
     finally:
         body.close()
     payload = stow.response_json(outcome, services.settings.dicomweb_base_url)
-    return Response(orjson.dumps(payload), status_code=outcome.status, media_type=DICOM_JSON)
+    headers = {}
+    if outcome.failed:  # 202 or 409: PS3.18 answers carry a Warning, as every error here does
+        stored = "Some instances were" if outcome.stored else "No instance was"
+        headers["Warning"] = warning_header(f"{stored} stored; see the FailedSOPSequence.")
+    return Response(
+        orjson.dumps(payload), status_code=outcome.status, media_type=DICOM_JSON, headers=headers
+    )
 
 
 def rendered_endpoint(thumbnail: bool) -> Callable[[Request], Awaitable[Response]]:

@@ -1,9 +1,15 @@
 """Whole studies as one ZIP of DICOM Part 10 files, streamed: the share-link download.
 
 Instances are listed with instance-level QIDO (narrowed by, and re-checked
-against, the request's visibility), then fetched one at a time with WADO-RS and
-copied into the ZIP as their bytes arrive, so memory stays around one chunk
-whatever the size of the studies.
+against, the request's visibility). Each series is then fetched with one
+WADO-RS request and its multipart answer split as it streams: every part is
+named by the SOP Instance UID in its file meta and copied into its ZIP member
+as its bytes arrive, so memory stays around a megabyte (``FLUSH_BYTES`` and a
+chunk) whatever the size of the studies. Only the instances listed (and
+permitted) go into the ZIP; a part the listing did not name is dropped. A
+series in which the listing found instances the caller may not see is fetched
+instance by instance instead, so their bytes never reach the gateway; so is a
+series of one instance.
 """
 
 from __future__ import annotations
@@ -13,24 +19,33 @@ import re
 import unicodedata
 import zipfile
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import IO
 
 from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb.dicomjson import DicomJson
-from gateway.dicomweb.instances import AS_STORED, SinglePart
+from gateway.dicomweb.instances import AS_STORED, Parts, SinglePart, named_instance
 from gateway.dicomweb.upstream import Retrieved, Upstream
-from gateway.errors import UpstreamBadResponse
+from gateway.errors import NotFound, UpstreamBadResponse
 from gateway.records.access import CHECK_FIELDS, Visibility
 
 _LISTED = ("SeriesInstanceUID", "SOPInstanceUID", "InstanceNumber", "SeriesNumber", "Modality")
 FIELDS = tuple(dict.fromkeys((*CHECK_FIELDS, *_LISTED, "StudyDate", "StudyDescription")))
 UNSAFE = re.compile(r"[^A-Za-z0-9]+")
-# Instances requested ahead of the one being copied. One hides the round trip; four
-# were no faster on 2 cores (bench/share_download.py), and each holds a connection.
+# Requests made ahead of the one being copied. One hides the round trip; four were
+# no faster on 2 cores (bench/share_download.py), and each holds a connection.
 AHEAD = 1
 # Sorts unnumbered series and instances after the numbered ones.
 LAST = 1 << 31
+# The ZIP goes out in pieces of about this size, not one per upstream chunk: each write
+# is a trip through the middleware, uvicorn and the socket. With 256 KiB upstream reads
+# (http_upstream.py) it took the gateway from about 3.2 to 1.9-2.5 CPU seconds per GB
+# (bench/share_download.py; the reads alone: 2.6, these writes alone: 3.0). Memory per
+# download: about twice this.
+FLUSH_BYTES = 512 << 10
 
 
 @dataclass
@@ -40,6 +55,16 @@ class _Study:
     date: str | None
     description: str | None
     instances: list[DicomJson]
+    mixed: set[str] = field(default_factory=set)  # series with instances the caller may not see
+
+
+@dataclass(frozen=True)
+class _Fetch:
+    """One WADO-RS request of the download, and the ZIP members its answer fills."""
+
+    path: str
+    members: dict[str, str]  # SOP Instance UID -> member name, in listing order
+    series: bool  # a series answer (parts named by their meta), or one instance
 
 
 class _Sink:
@@ -48,10 +73,15 @@ class _Sink:
 
     def __init__(self) -> None:
         self._pieces: list[bytes] = []
+        self._size = 0
 
     def write(self, data: bytes) -> int:
         self._pieces.append(bytes(data))
+        self._size += len(data)
         return len(data)
+
+    def full(self) -> bool:
+        return self._size >= max(FLUSH_BYTES, 1)
 
     def flush(self) -> None: ...
 
@@ -60,6 +90,7 @@ class _Sink:
     def drain(self) -> bytes:
         drained = b"".join(self._pieces)
         self._pieces.clear()
+        self._size = 0
         return drained
 
 
@@ -69,54 +100,156 @@ async def study_archive(
     """ZIP bytes of every instance of the given studies, as Part 10 files, streamed."""
     studies: list[_Study] = []
     for uid in dict.fromkeys(study_uids):
-        instances = await _visible_instances(upstream, uid, visibility)
+        instances, mixed = await _visible_instances(upstream, uid, visibility)
         if instances:
             date = next((d for i in instances if (d := dj.text(i, "StudyDate"))), None)
             described = next((d for i in instances if (d := dj.text(i, "StudyDescription"))), None)
             date = date if date and re.fullmatch(r"[0-9]{8}", date) else None
             folder = f"{len(studies) + 1:02d}_{date or 'undated'}_{_slug(described, 'study')}"
-            studies.append(_Study(uid, folder, date, described, instances))
+            studies.append(_Study(uid, folder, date, described, instances, mixed))
 
     sink = _Sink()
-    members = [(study, item) for study in studies for item in study.instances]
-    # The next instance is requested while this one streams, so its round trip to the
+    fetches = _plan(studies)
+    # The next request is made while this one streams, so its round trip to the
     # archive overlaps the copy. An unread answer waits in its socket's flow-controlled
-    # buffers, not here: memory stays about one chunk.
+    # buffers, not here.
     upcoming: deque[asyncio.Task[Retrieved]] = deque(
-        _request(upstream, *member) for member in members[:AHEAD]
+        _request(upstream, fetch) for fetch in fetches[:AHEAD]
     )
     try:
         with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as zf:
             zf.writestr("README.txt", _readme(studies))
             yield sink.drain()
-            used: set[str] = set()
-            for index, (study, item) in enumerate(members):
+            for index, fetch in enumerate(fetches):
                 retrieved = await upcoming.popleft()
-                if index + AHEAD < len(members):
-                    upcoming.append(_request(upstream, *members[index + AHEAD]))
-                name = _unique(_member_name(study.folder, item), used)
+                if index + AHEAD < len(fetches):
+                    upcoming.append(_request(upstream, fetches[index + AHEAD]))
+                copy = _copy_series if fetch.series else _copy_instance
                 try:
-                    body = SinglePart(retrieved.media_type)
-                    with zf.open(name, "w", force_zip64=True) as member:
-                        async for chunk in retrieved.chunks:
-                            for piece in body.feed(chunk):
-                                member.write(piece)
-                            if out := sink.drain():
-                                yield out
-                        body.finish()
+                    # Closed here, not by the garbage collector: a download that stops
+                    # must close its member before the ZIP closes.
+                    async with aclosing(copy(zf, sink, retrieved, fetch.members)) as copied:
+                        async for out in copied:
+                            yield out
                 finally:
                     await retrieved.close()
-                yield sink.drain()  # the member's data descriptor
         yield sink.drain()  # the central directory
     finally:
         for task in upcoming:
             await _abandon(task)
 
 
-def _request(upstream: Upstream, study: _Study, item: DicomJson) -> asyncio.Task[Retrieved]:
-    series, instance = (dj.text(item, k) for k in ("SeriesInstanceUID", "SOPInstanceUID"))
-    path = f"studies/{study.uid}/series/{series}/instances/{instance}"
-    return asyncio.ensure_future(upstream.retrieve(path, AS_STORED))
+def _plan(studies: Sequence[_Study]) -> list[_Fetch]:
+    """One request per series, named members in listing order (as the names always were)."""
+    used: set[str] = set()
+    fetches: list[_Fetch] = []
+    for study in studies:
+        for series, items in groupby(study.instances, key=_series_of):
+            members = {
+                dj.text(item, "SOPInstanceUID") or "": _unique(
+                    _member_name(study.folder, item), used
+                )
+                for item in items
+            }
+            path = f"studies/{study.uid}/series/{series}"
+            if len(members) > 1 and series not in study.mixed:
+                fetches.append(_Fetch(path, members, series=True))
+            else:
+                fetches.extend(
+                    _Fetch(f"{path}/instances/{uid}", {uid: name}, series=False)
+                    for uid, name in members.items()
+                )
+    return fetches
+
+
+async def _copy_instance(
+    zf: zipfile.ZipFile, sink: _Sink, retrieved: Retrieved, members: dict[str, str]
+) -> AsyncGenerator[bytes, None]:
+    """The one part of an instance's answer into its member."""
+    (name,) = members.values()
+    body = SinglePart(retrieved.media_type)
+    with zf.open(name, "w", force_zip64=True) as member:
+        async for chunk in retrieved.chunks:
+            for piece in body.feed(chunk):
+                member.write(piece)
+            if sink.full():
+                yield sink.drain()
+        body.finish()
+    if sink.full():
+        yield sink.drain()  # the member's data descriptor
+
+
+async def _copy_series(
+    zf: zipfile.ZipFile, sink: _Sink, retrieved: Retrieved, members: dict[str, str]
+) -> AsyncGenerator[bytes, None]:
+    """Each part of a series' answer into the member its file meta names, as it streams."""
+    parts, splitter = Parts(retrieved.media_type), _Splitter(zf, members)
+    try:
+        async for chunk in retrieved.chunks:
+            for piece in parts.feed(chunk):
+                splitter.feed(piece)
+            if sink.full():
+                yield sink.drain()
+        parts.finish()
+    finally:
+        splitter.close()
+    if missing := members.keys() - splitter.copied:
+        raise NotFound(f"The archive no longer holds {len(missing)} of the listed instances.")
+    if sink.full():
+        yield sink.drain()
+
+
+class _Splitter:
+    """The parts of a series' answer into their ZIP members.
+
+    Only the first bytes of a part (its file meta, a few hundred bytes) wait here
+    until the part is named; the rest goes straight into the member. A part not
+    in ``members`` (stored since the listing, or one the caller may not see) and a
+    second copy of one are dropped.
+    """
+
+    def __init__(self, zf: zipfile.ZipFile, members: dict[str, str]) -> None:
+        self._zf, self._members = zf, members
+        self._head = bytearray()
+        self._member: IO[bytes] | None = None
+        self._dropping = False
+        self.copied: set[str] = set()
+
+    def feed(self, piece: bytes | None) -> None:
+        """A piece of the current part's body, or None where the part ends."""
+        if self._member is not None and piece is not None:
+            self._member.write(piece)
+            return
+        if not self._dropping and self._member is None:
+            if piece is not None:
+                self._head += piece
+            self._name(complete=piece is None)
+        if piece is None:
+            self.close()
+            self._dropping = False
+
+    def _name(self, complete: bool) -> None:
+        uid = named_instance(self._head, complete)
+        if uid is None:
+            return  # not enough of the part yet
+        name = self._members.get(uid)
+        if name is None or uid in self.copied:
+            self._dropping = True
+        else:
+            self.copied.add(uid)
+            self._member = self._zf.open(name, "w", force_zip64=True)
+            self._member.write(self._head)
+        self._head = bytearray()
+
+    def close(self) -> None:
+        """Close the member being written (its data descriptor goes to the sink)."""
+        if self._member is not None:
+            self._member.close()
+            self._member = None
+
+
+def _request(upstream: Upstream, fetch: _Fetch) -> asyncio.Task[Retrieved]:
+    return asyncio.ensure_future(upstream.retrieve(fetch.path, AS_STORED))
 
 
 async def _abandon(task: asyncio.Task[Retrieved]) -> None:
@@ -129,18 +262,28 @@ async def _abandon(task: asyncio.Task[Retrieved]) -> None:
 
 async def _visible_instances(
     upstream: Upstream, uid: str, visibility: Visibility
-) -> list[DicomJson]:
+) -> tuple[list[DicomJson], set[str]]:
+    """The study's instances the caller may see, in ZIP order; and the series that
+    also hold instances the caller may not see."""
     found: dict[str, DicomJson] = {}
+    mixed: set[str] = set()
     for filters in visibility.narrow({"StudyInstanceUID": uid}):
         for item in await upstream.search_instances(filters, FIELDS):
-            if dj.text(item, "StudyInstanceUID") != uid or not visibility.permits(item):
+            if dj.text(item, "StudyInstanceUID") != uid:
                 continue
             series, instance = dj.text(item, "SeriesInstanceUID"), dj.text(item, "SOPInstanceUID")
+            if not visibility.permits(item):
+                mixed.add(series or "")
+                continue
             # These go into a WADO-RS path: anything but a UID could point elsewhere.
             if not (series and instance and dj.is_uid(series) and dj.is_uid(instance)):
                 raise UpstreamBadResponse("The archive listed an instance without valid UIDs.")
             found.setdefault(instance, item)
-    return sorted(found.values(), key=_order)
+    return sorted(found.values(), key=_order), mixed
+
+
+def _series_of(item: DicomJson) -> str:
+    return dj.text(item, "SeriesInstanceUID") or ""
 
 
 def _order(item: DicomJson) -> tuple[int, str, int, str]:

@@ -19,6 +19,7 @@ Every operation starts from the caller's ``Access``:
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
@@ -303,29 +304,24 @@ class ImageRecords:
         patient outside the caller's visibility fails (0x0124) and is never sent on.
         """
         outcome = stow.Outcome()
-        batch: list[tuple[Dataset, bytes]] = []
         ranges = await anyio.to_thread.run_sync(stow.part_ranges, body, boundary)
-        while ranges:
-            parts, taken = await anyio.to_thread.run_sync(stow.read_group, body, ranges)
-            ranges = ranges[taken:]
-            refused = await self._foreign_studies(access, [p.dataset for p in parts if p.dataset])
-            for part in parts:
-                dataset = part.dataset
-                if dataset is None:
-                    outcome.failed.append(("", "", stow.CANNOT_UNDERSTAND))
-                    continue
-                ids = (str(dataset.SOPClassUID), str(dataset.SOPInstanceUID))
-                instance_study = str(dataset.get("StudyInstanceUID", ""))
-                if study and instance_study != study:
-                    outcome.failed.append((*ids, stow.WRONG_STUDY))
-                elif not access.visibility.permits_patient(_key_of(dataset)) or (
-                    instance_study in refused
-                ):
-                    outcome.failed.append((*ids, NOT_AUTHORIZED))
-                else:
-                    batch.append((dataset, part.content))
-            await self._flush(batch, outcome)
-            batch.clear()
+        # Groups go to the archive while the next one is read and checked, up to
+        # stow.UPLOADS_IN_FLIGHT at once; their outcomes join in the order sent.
+        uploads: deque[asyncio.Task[stow.Outcome]] = deque()
+        try:
+            while ranges:
+                parts, taken = await anyio.to_thread.run_sync(stow.read_group, body, ranges)
+                ranges = ranges[taken:]
+                group = await self._checked(access, parts, study)
+                if len(uploads) >= stow.UPLOADS_IN_FLIGHT:
+                    outcome.join(await uploads.popleft())
+                uploads.append(asyncio.ensure_future(self._flush(*group)))
+            while uploads:
+                outcome.join(await uploads.popleft())
+        finally:
+            for upload in uploads:
+                upload.cancel()
+            await asyncio.gather(*uploads, return_exceptions=True)
         keys = {k for k in (_key_of(ds) for ds in outcome.stored) if k}
         if keys:
             await self.studies.stored(keys)
@@ -349,9 +345,35 @@ class ImageRecords:
             and not access.visibility.permits(study)
         }
 
-    async def _flush(self, batch: list[tuple[Dataset, bytes]], outcome: stow.Outcome) -> None:
+    async def _checked(
+        self, access: Access, parts: Sequence[stow.Part], study: str | None
+    ) -> tuple[list[tuple[Dataset, bytes]], stow.Outcome]:
+        """The parts of a group that may go to the archive, and the failures of the rest."""
+        outcome = stow.Outcome()
+        batch: list[tuple[Dataset, bytes]] = []
+        refused = await self._foreign_studies(access, [p.dataset for p in parts if p.dataset])
+        for part in parts:
+            dataset = part.dataset
+            if dataset is None:
+                outcome.failed.append(("", "", stow.CANNOT_UNDERSTAND))
+                continue
+            ids = (str(dataset.SOPClassUID), str(dataset.SOPInstanceUID))
+            instance_study = str(dataset.get("StudyInstanceUID", ""))
+            if study and instance_study != study:
+                outcome.failed.append((*ids, stow.WRONG_STUDY))
+            elif not access.visibility.permits_patient(_key_of(dataset)) or (
+                instance_study in refused
+            ):
+                outcome.failed.append((*ids, NOT_AUTHORIZED))
+            else:
+                batch.append((dataset, part.content))
+        return batch, outcome
+
+    async def _flush(
+        self, batch: list[tuple[Dataset, bytes]], outcome: stow.Outcome
+    ) -> stow.Outcome:
         if not batch:
-            return
+            return outcome
         try:
             result = await self.upstream.store_encoded([raw for _, raw in batch])
         except UpstreamBadResponse:
@@ -366,6 +388,7 @@ class ImageRecords:
                 outcome.failed.append((str(dataset.SOPClassUID), uid, stow.PROCESSING_FAILURE))
             else:
                 outcome.stored.append(dataset)
+        return outcome
 
     # -- whole studies -------------------------------------------------------
 
