@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 from joserfc import jwt
 from joserfc.jwk import RSAKey
-from sqlalchemy import or_, select
+from sqlalchemy import Select, false, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.auth.secrets import new_id
@@ -23,6 +23,17 @@ from gateway.store.models import SigningKey
 ALG = "RS256"
 # Replicas pick up a rotation made elsewhere within this many seconds.
 RELOAD_SECONDS = 30.0
+# pg_advisory_xact_lock key for making the first key.
+KEY_LOCK = 0x6B65_7973  # "keys"
+
+
+def _newest_current() -> Select[SigningKey]:
+    return (
+        select(SigningKey)
+        .where(SigningKey.retired_at.is_(None))
+        .order_by(SigningKey.created_at.desc())
+        .limit(1)
+    )
 
 
 class KeyStore:
@@ -36,18 +47,26 @@ class KeyStore:
         if self._current and time.monotonic() - self._loaded_at < RELOAD_SECONDS:
             return self._current
         async with self.sessions() as session:
-            row = await session.scalar(
-                select(SigningKey)
-                .where(SigningKey.retired_at.is_(None))
-                .order_by(SigningKey.created_at.desc())
-                .limit(1)
-            )
+            row = await session.scalar(_newest_current())
             if row is None:
-                row = await self._create(session)
-                await session.commit()
+                row = await self._first(session)
         self._current = (row.kid, RSAKey.import_key(row.private_jwk))
         self._loaded_at = time.monotonic()
         return self._current
+
+    async def _first(self, session: AsyncSession) -> SigningKey:
+        """The first key, made by one process only: workers and replicas starting together
+        would otherwise each make and sign with a key of their own."""
+        if session.get_bind().dialect.name == "postgresql":
+            await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": KEY_LOCK})
+        else:
+            # An UPDATE takes SQLite's write lock even when it changes nothing.
+            await session.execute(update(SigningKey).where(false()).values(alg=SigningKey.alg))
+        row = await session.scalar(_newest_current())
+        if row is None:
+            row = await self._create(session)
+        await session.commit()
+        return row
 
     async def _create(self, session: AsyncSession) -> SigningKey:
         kid = new_id()[:16]

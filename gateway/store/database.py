@@ -9,9 +9,16 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# pg_advisory_xact_lock key: replicas started together migrate one after the other.
+MIGRATION_LOCK = 0x6761_7465_7761_79  # "gateway"
 
 
 class DatabaseNotMigrated(RuntimeError):
@@ -70,6 +77,7 @@ class Database:
     async def upgrade(self, revision: str = "head") -> None:
         config = alembic_config(self.url)
         async with self.engine.begin() as connection:
+            await hold_advisory_lock(connection, MIGRATION_LOCK)
             await connection.run_sync(_run_upgrade, config, revision)
 
     async def ping(self) -> None:
@@ -79,6 +87,14 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def hold_advisory_lock(connection: AsyncConnection, key: int) -> None:
+    """On PostgreSQL, wait until no other transaction holds ``key``, and hold it until this
+    one ends. SQLite needs none: one process migrates (``serve --workers`` migrates in the
+    parent before it starts the workers), and a second writer waits for the first."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def _current_revision(connection: Connection) -> str | None:
