@@ -66,16 +66,15 @@ def share_user(share_id: str) -> str:
 class Auditor:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
-        engine = sessions.kw.get("bind")
-        assert isinstance(engine, AsyncEngine), "sessions must be bound to an engine"
-        self._engine: AsyncEngine = engine
 
     async def record(self, *entries: AuditEntry) -> None:
         """Commit the records together, or raise NotRecorded: callers must not go on without."""
         try:
             # Core in one transaction: every request writes here, and an ORM session's
-            # unit of work cost more than the INSERT itself.
-            async with self._engine.begin() as connection:
+            # unit of work cost more than the INSERT itself. The engine is the sessions'
+            # own, looked up here so that ``sessions`` stays the one way to the database.
+            engine: AsyncEngine = self.sessions.kw["bind"]
+            async with engine.begin() as connection:
                 await connection.execute(_INSERT, [_values(entry) for entry in entries])
         except Exception:
             first = entries[0] if entries else None
