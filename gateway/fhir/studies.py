@@ -161,8 +161,11 @@ class MappedStudies:
     resources are shared between answers: nothing changes them after mapping.
     """
 
-    def __init__(self, entries: int = 2048) -> None:
+    def __init__(self, entries: int = 2048, instances: int = 100_000) -> None:
         self._entries = entries
+        # The instance lists held here stay alive with their resources: bound them too.
+        self._instances = instances
+        self._held = 0
         self._mapped: dict[tuple[int, int, str | None, MappingContext], tuple[object, ...]] = {}
 
     def imaging_study(
@@ -176,9 +179,12 @@ class MappedStudies:
         resource = mapping.imaging_study(
             source, detail.series, instances, patient_id=patient_id, context=context
         )
-        if len(self._mapped) >= self._entries:
+        if len(self._mapped) >= self._entries or self._held + len(instances) > self._instances:
             self._mapped.clear()
-        self._mapped[key] = (source, instances, resource)
+            self._held = 0
+        if len(instances) <= self._instances:
+            self._mapped[key] = (source, instances, resource)
+            self._held += len(instances)
         return resource
 
 

@@ -35,6 +35,8 @@ DicomJson = dict[str, Any]
 CHUNK = 400
 # Parsed rows kept per process, keyed by their stored text (see ParsedMemo).
 MEMO_ENTRIES = 4096
+# ... and at most this much stored JSON text behind them (parsed, several times that).
+MEMO_CHARS = 16_000_000
 
 
 class ParsedMemo(Generic[T]):
@@ -43,21 +45,34 @@ class ParsedMemo(Generic[T]):
     Keyed by the text itself, so it cannot go stale: a row another replica
     rewrote is new text, parsed anew. A hit returns the very object returned
     before, which callers treat as read-only (and the records layer may key
-    its own memos on). Bounded: emptied when full, the simplest eviction; a
+    its own memos on). Bounded in entries and in text (a study's details can
+    hold thousands of instances): emptied when full, the simplest eviction; a
     cold entry costs one parse.
     """
 
-    def __init__(self, parse: Callable[[tuple[str, ...]], T], entries: int = MEMO_ENTRIES) -> None:
+    def __init__(
+        self,
+        parse: Callable[[tuple[str, ...]], T],
+        entries: int = MEMO_ENTRIES,
+        chars: int = MEMO_CHARS,
+    ) -> None:
         self._parse = parse
         self._entries = entries
+        self._chars = chars
+        self._held = 0  # characters of stored text behind the entries
         self._parsed: dict[tuple[str, ...], T] = {}
 
     def get(self, key: tuple[str, ...]) -> T:
         found = self._parsed.get(key)
         if found is None:
-            if len(self._parsed) >= self._entries:
+            size = sum(len(part) for part in key)
+            if len(self._parsed) >= self._entries or self._held + size > self._chars:
                 self._parsed.clear()
-            found = self._parsed[key] = self._parse(key)
+                self._held = 0
+            found = self._parse(key)
+            if size <= self._chars:
+                self._parsed[key] = found
+                self._held += size
         return found
 
 

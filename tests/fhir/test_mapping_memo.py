@@ -69,3 +69,14 @@ def test_other_objects_or_another_patient_id_map_anew() -> None:
     assert grown == expected(source, more) and len(grown["series"][0]["instance"]) == 2
     assert renamed["subject"]["reference"] == "Patient/p2"
     assert first == expected(source, instances)
+
+
+def test_the_memo_holds_a_bounded_number_of_instances() -> None:
+    memo = studies.MappedStudies(entries=10, instances=2)
+    source, small, large = record("CT"), [instance(1)], [instance(1), instance(2), instance(3)]
+    detail = page(source, small).studies[0]
+    assert memo.imaging_study(detail, "p1", CONTEXT) is memo.imaging_study(detail, "p1", CONTEXT)
+    big = page(source, large).studies[0]
+    first = memo.imaging_study(big, "p1", CONTEXT)
+    assert memo.imaging_study(big, "p1", CONTEXT) is not first  # more than the bound: not kept
+    assert first == expected(source, large)

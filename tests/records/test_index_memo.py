@@ -17,7 +17,7 @@ from gateway.records.jacket import Jackets
 from gateway.records.release import ReleasePolicy
 from gateway.store.database import Database
 from gateway.store.patients import PatientIndex
-from gateway.store.study_index import IndexedStudyRow, StudyIndex
+from gateway.store.study_index import IndexedStudyRow, ParsedMemo, StudyIndex
 from tests.conftest import make_settings, migrate
 from tests.portal.support import DATABASES
 from tests.records.test_study_index import database_url
@@ -106,3 +106,21 @@ def test_a_jacket_summarizes_each_stored_row_once(replicas, tmp_path: Path) -> N
         assert after.description == "MR knee"
 
     run(scenario())
+
+
+def test_the_memo_is_bounded_in_entries_and_text() -> None:
+    parsed: list[tuple[str, ...]] = []
+
+    def parse(key: tuple[str, ...]) -> list[str]:
+        parsed.append(key)
+        return list(key)
+
+    memo = ParsedMemo(parse, entries=2, chars=10)
+    first = memo.get(("abc",))
+    assert memo.get(("abc",)) is first and len(parsed) == 1
+    memo.get(("x" * 11,))
+    memo.get(("x" * 11,))  # more text than the whole bound: never kept
+    assert len(parsed) == 3
+    memo.get(("de",))
+    memo.get(("fg",))  # a third entry empties it
+    assert memo.get(("abc",)) is not first and len(parsed) == 6
