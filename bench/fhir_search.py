@@ -1,6 +1,6 @@
 """ImagingStudy search through the gateway vs the direct study-level QIDO, on one Orthanc.
 
-    .venv/bin/python bench/fhir_search.py [--rounds 300] [--json out.json]
+    .venv/bin/python bench/fhir_search.py [--rounds 300] [--json out.json] [--profile out.prof]
 
 Starts a private Orthanc (Debian packages orthanc + orthanc-dicomweb), loads the
 fixture studies with STOW-RS, starts `gateway serve` (uvicorn, one worker, SQLite,
@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -107,7 +108,9 @@ class Bench:
         await self.database.dispose()
 
 
-def start_gateway(dicomweb_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_gateway(
+    dicomweb_url: str, workdir: Path, profile: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str, str]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     data_dir = workdir / f"var-{port}"
@@ -121,8 +124,9 @@ def start_gateway(dicomweb_url: str, workdir: Path) -> tuple[subprocess.Popen[by
         GATEWAY_LOG_LEVEL="warning",
         GATEWAY_RELEASE_DELAY_HOURS="0",  # the patient sees all ten studies, as a system does
     )
+    profiler = ["-m", "cProfile", "-o", str(profile)] if profile else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--migrate"],
+        [sys.executable, *profiler, "-m", "gateway", "serve", "--port", str(port), "--migrate"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -146,7 +150,7 @@ def shape(bundle: dict) -> list[tuple[str, int, int]]:
 
 
 async def measure(args: argparse.Namespace, dicomweb_url: str, workdir: Path) -> dict:
-    gateway, base, database_url = start_gateway(dicomweb_url, workdir)
+    gateway, base, database_url = start_gateway(dicomweb_url, workdir, args.profile)
     bench = Bench(database_url, base)
     try:
         patient = await bench.patient()
@@ -196,8 +200,9 @@ async def measure(args: argparse.Namespace, dicomweb_url: str, workdir: Path) ->
                             timings[f"{name}-{kind}"].append(elapsed)
     finally:
         await bench.aclose()
-        gateway.terminate()
-        gateway.wait(timeout=10)
+        # SIGINT: uvicorn stops cleanly, and cProfile writes its stats on the way out.
+        gateway.send_signal(signal.SIGINT if args.profile else signal.SIGTERM)
+        gateway.wait(timeout=30)
     return {"timings": timings, "first_ms": round(first_ms, 2), "studies": len(expected)}
 
 
@@ -206,6 +211,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=300, help="measured rounds (default 300)")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--profile", type=Path, help="run the gateway under cProfile, writing its stats here"
+    )
     args = parser.parse_args()
 
     load_before = os.getloadavg()

@@ -21,7 +21,7 @@ from gateway.errors import BadRequest
 from gateway.fhir import mapping, params, terminology
 from gateway.fhir.mapping import MappingContext, Resource
 from gateway.fhir.params import DateFilter, SearchRequest, Token
-from gateway.records.studies import StudyPage, StudyQuery
+from gateway.records.studies import StudyDetail, StudyPage, StudyQuery
 from gateway.records.summaries import StudySummary
 
 SEARCH_PARAMETERS: dict[str, tuple[str, str]] = {
@@ -142,17 +142,53 @@ def study_query(criteria: StudyCriteria, local_zone: ZoneInfo | None) -> StudyQu
 
 def resources(page: StudyPage, context: MappingContext) -> list[Resource]:
     return [
-        mapping.imaging_study(
-            detail.summary.source,
-            detail.series,
-            detail.instances,
-            patient_id=page.patient_ids.get(detail.summary.patient)
-            if detail.summary.patient
-            else None,
-            context=context,
+        _MAPPED.imaging_study(
+            detail,
+            page.patient_ids.get(detail.summary.patient) if detail.summary.patient else None,
+            context,
         )
         for detail in page.studies
     ]
+
+
+class MappedStudies:
+    """Each ImagingStudy mapped once per process from the same DICOM objects.
+
+    The study index hands out the very same parsed record and instance list while
+    the stored text is unchanged (a rewrite anywhere is a new object), and the
+    mapping is a pure function of them, the patient's id and the context. The
+    objects are kept beside their resource so that their ids are not reused. The
+    resources are shared between answers: nothing changes them after mapping.
+    """
+
+    def __init__(self, entries: int = 2048, instances: int = 100_000) -> None:
+        self._entries = entries
+        # The instance lists held here stay alive with their resources: bound them too.
+        self._instances = instances
+        self._held = 0
+        self._mapped: dict[tuple[int, int, str | None, MappingContext], tuple[object, ...]] = {}
+
+    def imaging_study(
+        self, detail: StudyDetail, patient_id: str | None, context: MappingContext
+    ) -> Resource:
+        source, instances = detail.summary.source, detail.instances
+        key = (id(source), id(instances), patient_id, context)
+        found = self._mapped.get(key)
+        if found is not None and found[0] is source and found[1] is instances:
+            return found[2]  # type: ignore[return-value]
+        resource = mapping.imaging_study(
+            source, detail.series, instances, patient_id=patient_id, context=context
+        )
+        if len(self._mapped) >= self._entries or self._held + len(instances) > self._instances:
+            self._mapped.clear()
+            self._held = 0
+        if len(instances) <= self._instances:
+            self._mapped[key] = (source, instances, resource)
+            self._held += len(instances)
+        return resource
+
+
+_MAPPED = MappedStudies()
 
 
 def subjects(page: StudyPage) -> list[Resource]:

@@ -43,6 +43,7 @@ from gateway.store.study_index import IndexedStudyRow, PatientStudies, StudyInde
 MAX_STUDIES = 1000
 MAX_REPORTS = MAX_STUDIES * 4
 FRESHNESS_SECONDS = 60.0
+MEMO_ENTRIES = 4096
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,10 @@ class Jackets:
         # Only to spare the PACS concurrent revalidations of one patient from this
         # process; replicas may revalidate side by side, and the last write wins.
         self._revalidating: dict[PatientKey, asyncio.Lock] = {}
+        # Each indexed row's summary, made once per process: the index hands out the
+        # same row object for the same stored text (a rewritten row is a new object),
+        # and the row is kept beside its summary so that its id is not reused.
+        self._summarized: dict[int, tuple[IndexedStudyRow, StudySummary | None]] = {}
 
     @property
     def clock(self) -> Callable[[], datetime]:
@@ -146,12 +151,23 @@ class Jackets:
     def _summaries(self, key: PatientKey, rows: Sequence[IndexedStudyRow]) -> list[StudySummary]:
         summaries = []
         for row in rows:
-            summary = summarize(row.record, self.local_zone)
-            if summary is None or summary.patient != key:
-                continue
-            reports = [r for found in row.reports if (r := report_of(found, self.local_zone))]
-            summaries.append(summary.with_reports(reports))
+            summary = self._summary(row)
+            if summary is not None and summary.patient == key:
+                summaries.append(summary)
         return summaries
+
+    def _summary(self, row: IndexedStudyRow) -> StudySummary | None:
+        memo = self._summarized.get(id(row))
+        if memo is not None and memo[0] is row:
+            return memo[1]
+        summary = summarize(row.record, self.local_zone)
+        if summary is not None:
+            reports = [r for found in row.reports if (r := report_of(found, self.local_zone))]
+            summary = summary.with_reports(reports)
+        if len(self._summarized) >= MEMO_ENTRIES:
+            self._summarized.clear()
+        self._summarized[id(row)] = (row, summary)
+        return summary
 
     async def _revalidate(
         self, key: PatientKey, indexed: PatientStudies, now: datetime
@@ -193,7 +209,10 @@ class Jackets:
         ]
         gone = previous.keys() - records.keys()
         await self.studies.replace(key, rows, now, indexed.generation, unchanged, gone)
-        return rows
+        # The rows already held, where nothing changed: their summaries (and mapped
+        # resources) are made already.
+        same = set(unchanged)
+        return [previous[row.uid] if row.uid in same else row for row in rows]
 
     async def _reports(self, key: PatientKey) -> list[DicomJson]:
         found = await self.upstream.search_instances(

@@ -9,10 +9,10 @@ several times faster than the standard library.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 from sqlalchemy import and_, bindparam, delete, or_, select, tuple_, update
@@ -28,10 +28,52 @@ from gateway.store.models import (
     as_utc,
 )
 
+T = TypeVar("T")
 PatientKey = tuple[str, str]
 DicomJson = dict[str, Any]
 # Bounded IN lists keep within SQLite's parameter limit.
 CHUNK = 400
+# Parsed rows kept per process, keyed by their stored text (see ParsedMemo).
+MEMO_ENTRIES = 4096
+# ... and at most this much stored JSON text behind them (parsed, several times that).
+MEMO_CHARS = 16_000_000
+
+
+class ParsedMemo(Generic[T]):
+    """Stored JSON text -> what it parses to, kept per process.
+
+    Keyed by the text itself, so it cannot go stale: a row another replica
+    rewrote is new text, parsed anew. A hit returns the very object returned
+    before, which callers treat as read-only (and the records layer may key
+    its own memos on). Bounded in entries and in text (a study's details can
+    hold thousands of instances): emptied when full, the simplest eviction; a
+    cold entry costs one parse.
+    """
+
+    def __init__(
+        self,
+        parse: Callable[[tuple[str, ...]], T],
+        entries: int = MEMO_ENTRIES,
+        chars: int = MEMO_CHARS,
+    ) -> None:
+        self._parse = parse
+        self._entries = entries
+        self._chars = chars
+        self._held = 0  # characters of stored text behind the entries
+        self._parsed: dict[tuple[str, ...], T] = {}
+
+    def get(self, key: tuple[str, ...]) -> T:
+        found = self._parsed.get(key)
+        if found is None:
+            size = sum(len(part) for part in key)
+            if len(self._parsed) >= self._entries or self._held + size > self._chars:
+                self._parsed.clear()
+                self._held = 0
+            found = self._parse(key)
+            if size <= self._chars:
+                self._parsed[key] = found
+                self._held += size
+        return found
 
 
 @dataclass(frozen=True)
@@ -59,7 +101,10 @@ class StoredDetail:
 
 
 def _insert(session: AsyncSession):  # type: ignore[no-untyped-def]
-    dialect = session.get_bind().dialect.name
+    return _dialect_insert(session.get_bind().dialect.name)
+
+
+def _dialect_insert(dialect: str):  # type: ignore[no-untyped-def]
     return postgresql_insert if dialect == "postgresql" else sqlite_insert
 
 
@@ -108,6 +153,10 @@ class StudyIndex:
         engine = sessions.kw.get("bind")
         assert isinstance(engine, AsyncEngine), "sessions must be bound to an engine"
         self._engine: AsyncEngine = engine
+        self._rows = ParsedMemo(
+            lambda k: IndexedStudyRow(k[0], orjson.loads(k[1]), orjson.loads(k[2]))
+        )
+        self._details: ParsedMemo[list[DicomJson]] = ParsedMemo(lambda k: orjson.loads(k[0]))
 
     # -- a patient's studies ----------------------------------------------
 
@@ -119,7 +168,7 @@ class StudyIndex:
             return PatientStudies(None, 0, [])
         revalidated, generation = rows[0][0], rows[0][1]
         studies = [
-            IndexedStudyRow(uid, orjson.loads(record), orjson.loads(reports))
+            self._rows.get((uid, record, reports))
             for _, _, uid, record, reports in rows
             if uid is not None
         ]
@@ -145,14 +194,15 @@ class StudyIndex:
         """
         same = set(unchanged)
         removed = sorted(set(gone))
-        async with self._sessions() as session:
+        # Core in one transaction: a revalidation writes this on the request's path.
+        async with self._engine.begin() as connection:
             for start in range(0, len(removed), CHUNK):
-                await session.execute(
+                await connection.execute(
                     delete(IndexedStudy).where(
                         _of(key), IndexedStudy.study_uid.in_(removed[start : start + CHUNK])
                     )
                 )
-            insert = _insert(session)
+            insert = _dialect_insert(connection.dialect.name)
             rows = [
                 {
                     "issuer": key[0],
@@ -167,7 +217,7 @@ class StudyIndex:
             ]
             for start in range(0, len(rows), CHUNK // 8):
                 statement = insert(IndexedStudy).values(rows[start : start + CHUNK // 8])
-                await session.execute(
+                await connection.execute(
                     statement.on_conflict_do_update(
                         index_elements=["issuer", "patient_id", "study_uid"],
                         set_={
@@ -180,15 +230,14 @@ class StudyIndex:
             mark = insert(IndexedPatient).values(
                 issuer=key[0], patient_id=key[1], revalidated_at=at, generation=generation
             )
-            result = await session.execute(
+            result = await connection.execute(
                 mark.on_conflict_do_update(
                     index_elements=["issuer", "patient_id"],
                     set_={"revalidated_at": at},
                     where=IndexedPatient.generation == generation,
                 )
             )
-            await session.commit()
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        return bool(result.rowcount)
 
     async def stale(self, keys: Iterable[PatientKey]) -> None:
         """These patients' studies changed: the next request reads them from the PACS."""
@@ -252,7 +301,8 @@ class StudyIndex:
             for start in range(0, len(ordered), CHUNK):
                 rows = await connection.execute(_DETAILS, {"uids": ordered[start : start + CHUNK]})
                 for uid, series, count, body, stored_at in rows:
-                    found[uid] = StoredDetail(series, count, orjson.loads(body), as_utc(stored_at))
+                    instances = self._details.get((body,))
+                    found[uid] = StoredDetail(series, count, instances, as_utc(stored_at))
         return found
 
     async def put_details(
