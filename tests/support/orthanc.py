@@ -93,6 +93,9 @@ def start_orthanc(
         "OverwriteInstances": True,
         "ConcurrentJobs": 2,
         "HttpTimeout": 60,
+        # One thread per kept-alive connection: the default 50 left half of
+        # bench/load.py's 100 direct clients waiting until they timed out.
+        "HttpThreadsCount": 128,
         "Plugins": [_plugin()],
         "DicomWeb": {
             "Enable": True,
