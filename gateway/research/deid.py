@@ -73,6 +73,7 @@ DUMMY_TEXT = "ANONYMOUS"
 DUMMY_DATE = "19000101"
 DUMMY_TIME = "000000"
 _TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "AE", "UR"})
+_MAX_LENGTH = {"AE": 16, "SH": 16, "LO": 64, "ST": 1024, "LT": 10240}
 _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 _NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "US or SS"})
 # UID-valued attributes that name a kind of thing (a class, a syntax), never an instance.
@@ -172,7 +173,7 @@ def exclusion(dataset: Dataset, profile: Profile) -> Excluded | None:
         return Excluded(
             "encapsulated-document",
             "an encapsulated document (PDF, CDA): its text cannot be redacted here "
-            "and the profile removes the document itself",
+            "and the profile replaces the document itself with a dummy",
         )
     if sop_class.startswith(SR_PREFIX) and Option.CLEAN_STRUCTURED_CONTENT not in profile.options:
         return Excluded(
@@ -297,7 +298,7 @@ def _unlisted(dataset: Dataset, element: DataElement, context: _Context, mode: s
     elif element.keyword in _CODE_KEYWORDS:
         return
     elif mode == "C" and vr in _TEXT_VRS:
-        _map(element, context.redactor.clean)
+        _map(element, lambda text: _fit(vr, context.redactor.clean(text)))
     elif mode == "D" and vr in _TEXT_VRS:
         _replace(element, context, empty=False)
 
@@ -332,8 +333,14 @@ def _clean(element: DataElement, context: _Context, mode: str) -> None:
     elif vr == "PN":
         _replace(element, context, empty=False)
     elif vr in _TEXT_VRS:
-        _map(element, context.redactor.clean)
+        _map(element, lambda text: _fit(vr, context.redactor.clean(text)))
     # Codes, ages, numbers (CS, AS, DS, IS, binary numbers) carry no names: kept.
+
+
+def _fit(vr: str, text: str) -> str:
+    """Cleaned text cut to its VR's length (a redaction mark can be longer than a name)."""
+    limit = _MAX_LENGTH.get(vr)
+    return text[:limit] if limit else text
 
 
 def _replace(element: DataElement, context: _Context, *, empty: bool) -> None:
