@@ -52,6 +52,7 @@ from gateway.research.redaction import Redactor
 
 SAFE_PRIVATE_FILE = Path(__file__).with_name("safe_private.csv")
 DICOM_ROOT = "1.2.840.10008."
+MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 ENCAPSULATED_PREFIX = "1.2.840.10008.5.1.4.1.1.104."
 # Kinds of image known to carry burned-in text: secondary capture and ultrasound.
@@ -78,6 +79,18 @@ _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 _NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "US or SS"})
 # UID-valued attributes that name a kind of thing (a class, a syntax), never an instance.
 _CLASS_UID_SUFFIXES = ("ClassUID", "SyntaxUID", "ClassUIDInFile")
+_KIND_UIDS = frozenset(
+    {
+        "SOPClassesInStudy",
+        "SOPClassesSupported",
+        "CodingSchemeUID",
+        "ContextUID",
+        "MappingResourceUID",
+        "ContextGroupExtensionCreatorUID",
+        "CreatorVersionUID",
+        "PrivateInformationCreatorUID",
+    }
+)
 # Headers whose values are looked for (and removed) in free text.
 _IDENTIFYING_KEYWORDS = (
     "PatientID",
@@ -169,6 +182,11 @@ class _Context:
 def exclusion(dataset: Dataset, profile: Profile) -> Excluded | None:
     """Why this instance is not de-identified at all, or None."""
     sop_class = str(dataset.get("SOPClassUID", ""))
+    meta = getattr(dataset, "file_meta", None)
+    if "DirectoryRecordSequence" in dataset or (
+        meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == MEDIA_DIRECTORY
+    ):
+        return Excluded("media-directory", "a media directory (DICOMDIR), not an instance")
     if sop_class.startswith(ENCAPSULATED_PREFIX) or "EncapsulatedDocument" in dataset:
         return Excluded(
             "encapsulated-document",
@@ -221,8 +239,16 @@ def deidentify(dataset: Dataset, key: ProjectKey, profile: Profile) -> Deidentif
         for tag in _META_REMOVED:
             if tag in meta:
                 del meta[tag]
-        if "SOPInstanceUID" in result:
-            meta.MediaStorageSOPInstanceUID = result.SOPInstanceUID
+        if "MediaStorageSOPInstanceUID" in meta:
+            meta_row = row_for(Tag(0x0002, 0x0003))
+            assert meta_row is not None
+            _apply(
+                meta,
+                meta["MediaStorageSOPInstanceUID"],
+                meta_row.action(profile.options),
+                context,
+                "K",
+            )
     _mark(result, profile, dataset)
     return Deidentified(result, context.pseudonym)
 
@@ -293,7 +319,8 @@ def _unlisted(dataset: Dataset, element: DataElement, context: _Context, mode: s
     elif vr == "PN":
         _replace(element, context, empty=False)
     elif vr == "UI":
-        if not str(element.keyword).endswith(_CLASS_UID_SUFFIXES):
+        keyword = str(element.keyword)
+        if not keyword.endswith(_CLASS_UID_SUFFIXES) and keyword not in _KIND_UIDS:
             _map(element, lambda uid: uid if uid.startswith(DICOM_ROOT) else _new_uid(context, uid))
     elif element.keyword in _CODE_KEYWORDS:
         return
