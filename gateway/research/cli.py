@@ -18,7 +18,8 @@ from gateway.research.deid import Deidentified, Profile, ProfileError, deidentif
 from gateway.research.pseudonyms import ProjectKey, ProjectKeyError
 
 console = Console(stderr=True)
-_BY_NAME = {option.cli_name: option for option in Option}
+# Clean Graphics is in the table but the engine refuses it (curves and overlays are removed).
+_BY_NAME = {o.cli_name: o for o in Option if o is not Option.CLEAN_GRAPHICS}
 
 
 def deid(
