@@ -1,4 +1,4 @@
-"""The ``gateway`` command: serve, demo, import, db."""
+"""The ``gateway`` command: serve, demo, import, db, deid."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from gateway import __version__
 from gateway.auth import cli as auth_cli
 from gateway.importing import ImportReport, dicom_files, import_files, progress_bar
 from gateway.outages import outage
+from gateway.research import cli as research_cli
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.store.database import Database, DatabaseNotMigrated
 
@@ -36,6 +37,7 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 auth_cli.register(app)
+research_cli.register(app)
 console = Console(stderr=True)
 IMPORT_BATCH = 16
 T = TypeVar("T")
