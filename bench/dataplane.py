@@ -95,7 +95,11 @@ class Tokens:
     @staticmethod
     async def _register(auth: AuthServices) -> str:
         created = await auth.clients.add(
-            name="dataplane bench", kind=ClientKind.backend, jwks={"keys": []}, scope="system/*.rs"
+            name="dataplane bench",
+            kind=ClientKind.backend,
+            jwks={"keys": []},
+            scope="system/*.rs",
+            operator=True,
         )
         return created.client.client_id
 

@@ -108,6 +108,7 @@ async def register_backend(database_url: str, base: str) -> tuple[str, RSAKey]:
             kind=ClientKind.backend,
             jwks={"keys": [key.as_dict(private=False)]},
             scope=SCOPE,
+            operator=True,
         )
         return created.client.client_id, key
     finally:

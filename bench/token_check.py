@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.support import DEFAULT_POSTGRES, on_both_databases, with_state  # noqa: E402
 from gateway.app import create_app  # noqa: E402
+from gateway.auth.clients import ClientKind  # noqa: E402
 from gateway.services import Services  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
 from gateway.store.database import Database  # noqa: E402
@@ -52,8 +53,17 @@ async def measure(url: str, data_dir: Path, rounds: int) -> dict[str, Any]:
     await database.dispose()
     services = Services.build(settings)
     tokens = []
+    operator = await services.auth.clients.add(
+        name="bench",
+        kind=ClientKind.backend,
+        jwks={"keys": []},
+        scope="system/*.rs",
+        operator=True,
+    )
     for _ in range(1000):
-        answer = await services.auth.tokens.client_credentials("bench", ["system/*.rs"])
+        answer = await services.auth.tokens.client_credentials(
+            operator.client.client_id, ["system/*.rs"]
+        )
         tokens.append(answer["access_token"])
     check = services.auth.tokens.check
     for token in tokens[:50]:  # warm the pool

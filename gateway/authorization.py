@@ -20,7 +20,7 @@ read, and refused where they cannot be enforced (DICOMweb).
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.audit import Actor, share_user
-from gateway.auth import granular, scopes
+from gateway.auth import external, granular, outside, scopes
+from gateway.auth.preauthorized import Entry
 from gateway.auth.tokens import AccessGrant
 from gateway.errors import Forbidden, Unauthorized
 from gateway.records.access import (
@@ -194,6 +195,8 @@ async def _token_access(
     request: Request, services: Services, grant: AccessGrant, needed: Requirement
 ) -> Access:
     patient = grant.patient
+    if grant.external:
+        external.name_local_patients(request, grant)
     contexts = ("patient", "user", "system") if patient else ("user", "system")
     actor = Actor(grant.client_id, grant.context.get("fhirUser"), patient)
     # A person's token that reaches past one patient is a provider's; no person, a system's.
@@ -207,9 +210,14 @@ async def _token_access(
         if patient:
             return await _patient_token_access(services, grant, actor, permits)
         return Access(EVERYTHING, actor, permits, purpose=broad_purpose)
-    broad = scopes.decide(grant.scope, ("user", "system"), needed.resource_type, needed.action)
-    if broad.allowed:
+    user = scopes.decide(grant.scope, ("user",), needed.resource_type, needed.action)
+    system = scopes.decide(grant.scope, ("system",), needed.resource_type, needed.action)
+    if user.allowed:
         access = Access(EVERYTHING, actor, permits, purpose=broad_purpose)
+    elif system.allowed:
+        # SMART Imaging Access, Backend Services: system/ scopes reach the client's
+        # pre-authorized access; every patient only for an operator.
+        access = await _backend_access(request, services, grant, actor, permits, needed)
     else:
         confined = scopes.decide(grant.scope, ("patient",), needed.resource_type, needed.action)
         if not confined.allowed or not patient:
@@ -223,10 +231,51 @@ async def _token_access(
     return access
 
 
+async def _backend_access(
+    request: Request,
+    services: Services,
+    grant: AccessGrant,
+    actor: Actor,
+    permits: Callable[[str, str], bool],
+    needed: Requirement,
+) -> Access:
+    given = await services.auth.backend_access.of(grant.client_id, local=not grant.external)
+    if given.operator:
+        return Access(EVERYTHING, actor, permits, purpose=OPERATIONS)
+    access = Access(
+        visibility=preauthorized_visibility(given.entries),
+        actor=actor,
+        permits=permits,
+        patients=given.patients,
+        purpose=OPERATIONS,
+    )
+    outside.refuse(request, needed.resource_type, needed.action, access)
+    return access
+
+
+def preauthorized_visibility(entries: Iterable[Entry]) -> Visibility:
+    """Whole patients, and besides them single studies of other patients (a union)."""
+    entries = list(entries)
+    whole = frozenset(e.key for e in entries if not e.study)
+    studies: dict[tuple[str, str], set[str]] = {}
+    for entry in entries:
+        if entry.study and entry.key not in whole:
+            studies.setdefault(entry.key, set()).add(entry.study)
+    parts = tuple(
+        Visibility(patients=frozenset({key}), studies=frozenset(uids))
+        for key, uids in sorted(studies.items())
+    )
+    base = Visibility(patients=whole) if whole else NOTHING
+    return Visibility(patients=base.patients, studies=base.studies, also=parts)
+
+
 async def _patient_token_access(
     services: Services, grant: AccessGrant, actor: Actor, permits: Callable[[str, str], bool]
 ) -> Access:
     patient = grant.patient or ""
+    local = grant.context.get("patients")
+    if grant.external and isinstance(local, list) and len(local) != 1:
+        return await _several_patients_access(services, [str(p) for p in local], actor, permits)
     jacket = await services.records.jackets.of(patient)
     chosen = grant.context.get("studies")
     released = jacket.released
@@ -241,6 +290,24 @@ async def _patient_token_access(
         patients=frozenset({patient}),
         purpose=PATIENT_REQUEST,
         jacket=jacket,
+    )
+
+
+async def _several_patients_access(
+    services: Services, patients: list[str], actor: Actor, permits: Callable[[str, str], bool]
+) -> Access:
+    """A token of the external authorization server whose patient is several DICOM
+    patients here (one per mapped identifier), or none: each one's released studies."""
+    parts = []
+    for patient in patients:
+        jacket = await services.records.jackets.of(patient)
+        parts.append(_released(jacket.key, jacket.released))
+    return Access(
+        visibility=Visibility(patients=frozenset(), studies=frozenset(), also=tuple(parts)),
+        actor=actor,
+        permits=permits,
+        patients=frozenset(patients),
+        purpose=PATIENT_REQUEST,
     )
 
 

@@ -348,6 +348,7 @@ async def _demo_operator(settings: Settings, auth: Any) -> dict[str, Any]:
         kind=ClientKind.backend,
         jwks={"keys": [key.as_dict(private=False)]},
         scope="system/*.rs system/ImagingStudy.c",
+        operator=True,
     )
     key_path = settings.data_dir / "demo-operator-key.json"
     key_path.write_text(json.dumps(key.as_dict(private=True)), encoding="utf-8")

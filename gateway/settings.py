@@ -197,6 +197,50 @@ class Settings(BaseSettings):
         "/_pacs",
         description="nginx's internal location that proxies the PACS's DICOMweb base.",
     )
+    identifier_issuers: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "JSON object: FHIR identifier system -> IssuerOfPatientID, for patients named "
+            "by system|value (backend access, the external authorization server's "
+            "patients); a system not listed is taken as the IssuerOfPatientID itself."
+        ),
+    )
+    external_as_issuer: str | None = Field(
+        None,
+        description=(
+            "The EHR's SMART authorization server this gateway serves as Imaging Server "
+            "for; set: bearer tokens are checked by introspection there, not issued here."
+        ),
+    )
+    external_as_introspection_url: str | None = Field(
+        None, description="Its RFC 7662 introspection endpoint."
+    )
+    external_as_client_id: str | None = Field(
+        None, description="The gateway's client id at that server (HTTP Basic at introspection)."
+    )
+    external_as_client_secret: SecretStr | None = None
+    external_as_authorization_url: str | None = Field(
+        None, description="Its authorization endpoint, for discovery (default: {issuer}/authorize)."
+    )
+    external_as_token_url: str | None = Field(
+        None, description="Its token endpoint, for discovery (default: {issuer}/token)."
+    )
+    external_as_fhir_url: str | None = Field(
+        None,
+        description=(
+            "The EHR's FHIR base: its Patient/{id} is read (with the presented token) for "
+            "the identifiers that name the patient's DICOM PatientIDs."
+        ),
+    )
+    external_as_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = Field(
+        60.0,
+        description=(
+            "How long an active introspection answer is reused; never past the token's exp."
+        ),
+    )
+    external_as_timeout: Annotated[float, Field(gt=0, le=60)] = Field(
+        5.0, description="Seconds to wait for the authorization server (then 503)."
+    )
 
     @field_validator("public_url")
     @classmethod
@@ -216,6 +260,22 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an http(s) DICOMweb base such as http://pacs:8042/dicom-web")
+        return value.rstrip("/")
+
+    @field_validator(
+        "external_as_issuer",
+        "external_as_introspection_url",
+        "external_as_authorization_url",
+        "external_as_token_url",
+        "external_as_fhir_url",
+    )
+    @classmethod
+    def _external_urls_are_http(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an absolute http(s) URL")
         return value.rstrip("/")
 
     @field_validator("database_url")
@@ -295,6 +355,15 @@ class Settings(BaseSettings):
             )
         if self.index_change_feed and self.dicomweb_url is None:
             raise ValueError("GATEWAY_INDEX_CHANGE_FEED=orthanc needs GATEWAY_DICOMWEB_URL")
+        if self.external_as_issuer and not (
+            self.external_as_introspection_url
+            and self.external_as_client_id
+            and self.external_as_client_secret
+        ):
+            raise ValueError(
+                "GATEWAY_EXTERNAL_AS_ISSUER needs GATEWAY_EXTERNAL_AS_INTROSPECTION_URL, "
+                "GATEWAY_EXTERNAL_AS_CLIENT_ID and GATEWAY_EXTERNAL_AS_CLIENT_SECRET"
+            )
         if self.page_size > self.max_page_size:
             raise ValueError("GATEWAY_PAGE_SIZE must not exceed GATEWAY_MAX_PAGE_SIZE")
         return self
@@ -310,6 +379,11 @@ class Settings(BaseSettings):
     @property
     def oauth_base_url(self) -> str:
         return f"{self.public_url}/oauth"
+
+    @property
+    def external_as(self) -> bool:
+        """Is the gateway the Imaging Server of an external authorization server?"""
+        return bool(self.external_as_issuer)
 
     @property
     def dicom_dir(self) -> Path:

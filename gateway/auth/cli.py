@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway.auth import scopes
+from gateway.auth.access_cli import access_app
 from gateway.auth.accounts import AccountError
 from gateway.auth.clients import ClientKind, RegistrationError, describe
 from gateway.auth.service import AuthServices
@@ -90,6 +91,22 @@ def clients_add(
     ehr: Annotated[
         bool, typer.Option("--ehr", help="The client is an EHR that launches apps.")
     ] = False,
+    operator: Annotated[
+        bool,
+        typer.Option(
+            "--operator",
+            help="Backend only: its system/ scopes reach every patient (staff tools, "
+            "scripts). Without it, a backend client sees only its pre-authorized access "
+            "('gateway clients access add').",
+        ),
+    ] = False,
+    organization: Annotated[
+        str | None,
+        typer.Option(
+            help="Backend only: the organization it acts for; it also sees what was "
+            "shared with that organization."
+        ),
+    ] = None,
 ) -> None:
     """Register a client; prints its client_id (and, for symmetric clients, the secret, once)."""
     jwks = None
@@ -110,6 +127,8 @@ def clients_add(
             jwks=jwks,
             scope=scope,
             ehr=ehr,
+            operator=operator,
+            organization_id=organization,
         )
         answer = describe(created.client)
         if created.secret:
@@ -135,7 +154,7 @@ def clients_list(
     if as_json:
         _print(clients)
         return
-    table = Table("client_id", "name", "type", "redirect URIs", "scope", "EHR")
+    table = Table("client_id", "name", "type", "redirect URIs", "scope", "EHR", "operator")
     for client in clients:
         table.add_row(
             client["client_id"],
@@ -144,6 +163,7 @@ def clients_list(
             "\n".join(client["redirect_uris"]),
             client["scope"],
             "yes" if client["ehr"] else "",
+            "yes" if client.get("operator") else "",
         )
     Console().print(table)
 
@@ -306,6 +326,7 @@ def launch(
 
 
 def register(app: typer.Typer) -> None:
+    clients_app.add_typer(access_app, name="access", no_args_is_help=True)
     app.add_typer(clients_app, name="clients", no_args_is_help=True)
     app.add_typer(patients_app, name="patients", no_args_is_help=True)
     app.add_typer(users_app, name="users", no_args_is_help=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -30,6 +31,9 @@ AUTH_METHODS = {
     ClientKind.asymmetric: "private_key_jwt",
     ClientKind.backend: "private_key_jwt",
 }
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z0-9\-._]{1,64}")
 
 
 class RegistrationError(ValueError):
@@ -73,6 +77,8 @@ class ClientRegistry:
         scope: str = "",
         ehr: bool = False,
         dynamic: bool = False,
+        operator: bool = False,
+        organization_id: str | None = None,
     ) -> NewClient:
         if not name.strip():
             raise RegistrationError("a client needs a name")
@@ -88,6 +94,10 @@ class ClientRegistry:
         unknown = [s for s in scopes.split(scope) if not scopes.is_known(s)]
         if unknown:
             raise RegistrationError(f"unknown scope(s): {' '.join(unknown)}")
+        if (operator or organization_id) and kind is not ClientKind.backend:
+            raise RegistrationError("only backend clients are operators or act for an organization")
+        if organization_id is not None and not _IDENTIFIER.fullmatch(organization_id):
+            raise RegistrationError("an organization id is 1-64 letters, digits, '-', '.' or '_'")
         secret = new_token() if kind is ClientKind.symmetric else None
         client = OAuthClient(
             client_id=new_id(),
@@ -101,6 +111,8 @@ class ClientRegistry:
             scope=" ".join(scopes.split(scope)),
             ehr=ehr,
             dynamic=dynamic,
+            operator=operator,
+            organization_id=organization_id,
         )
         async with self.sessions() as session:
             session.add(client)
@@ -131,7 +143,7 @@ class ClientRegistry:
 
 def describe(client: OAuthClient) -> dict[str, Any]:
     """What ``clients list`` and registration answers show (never the secret hash)."""
-    return {
+    answer = {
         "client_id": client.client_id,
         "client_name": client.name,
         "type": client.kind,
@@ -142,3 +154,7 @@ def describe(client: OAuthClient) -> dict[str, Any]:
         "scope": client.scope,
         "ehr": client.ehr,
     }
+    if client.kind == ClientKind.backend.value:
+        answer["operator"] = bool(client.operator)
+        answer["organization"] = client.organization_id
+    return answer

@@ -64,6 +64,8 @@ STYLE = {
 
 
 def endpoints(settings: Settings) -> dict[str, str]:
+    if settings.external_as:
+        return external_endpoints(settings)
     oauth = settings.oauth_base_url
     return {
         "authorization_endpoint": f"{oauth}/authorize",
@@ -75,9 +77,22 @@ def endpoints(settings: Settings) -> dict[str, str]:
     }
 
 
+def external_endpoints(settings: Settings) -> dict[str, str]:
+    """External authorization server mode: the EHR's server authorizes, issues and
+    introspects; only the endpoints configured for it are named."""
+    issuer = settings.external_as_issuer or settings.public_url
+    found = {
+        "authorization_endpoint": settings.external_as_authorization_url or f"{issuer}/authorize",
+        "token_endpoint": settings.external_as_token_url or f"{issuer}/token",
+    }
+    if settings.external_as_introspection_url:
+        found["introspection_endpoint"] = settings.external_as_introspection_url
+    return found
+
+
 def smart_configuration(settings: Settings) -> dict[str, Any]:
     return {
-        "issuer": settings.public_url,
+        "issuer": settings.external_as_issuer or settings.public_url,
         **endpoints(settings),
         "management_endpoint": f"{settings.public_url}/portal",
         "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
@@ -100,8 +115,8 @@ def openid_configuration(settings: Settings) -> dict[str, Any]:
         "issuer": settings.public_url,
         "authorization_endpoint": urls["authorization_endpoint"],
         "token_endpoint": urls["token_endpoint"],
-        "jwks_uri": urls["jwks_uri"],
-        "registration_endpoint": urls["registration_endpoint"],
+        "jwks_uri": urls.get("jwks_uri"),
+        "registration_endpoint": urls.get("registration_endpoint"),
         "response_types_supported": ["code"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
@@ -139,7 +154,9 @@ def security_extension(settings: Settings) -> dict[str, Any]:
             {
                 "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
                 "extension": [
-                    {"url": short, "valueUri": urls[key]} for short, key in names.items()
+                    {"url": short, "valueUri": urls[key]}
+                    for short, key in names.items()
+                    if key in urls
                 ],
             }
         ],

@@ -5,7 +5,9 @@ expired, not revoked) and puts the holder, or the fact that the token is not
 valid, in the request state. What each route needs is declared on the route
 (:func:`gateway.authorization.requires`), which decides from that holder and
 refuses with 401 or 403. A request without a token passes on as anonymous, so
-open routes (``/metadata``) answer it and data routes refuse it.
+open routes (``/metadata``) answer it and data routes refuse it. In external
+authorization server mode the token is checked by introspection there
+(:mod:`gateway.auth.external`), not in this gateway's database.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ class BearerTokenMiddleware:
             if services.settings.auth_required:
                 token = bearer_token(Request(scope).headers.get("authorization"))
                 if token is not None:
-                    grant = await services.auth.tokens.check(token)
+                    external = services.auth.external
+                    grant = await (
+                        external.check(token)
+                        if external is not None
+                        else services.auth.tokens.check(token)
+                    )
                     holder = TokenHolder(grant) if grant is not None else InvalidToken()
                     scope["state"]["principal"] = holder
         await self.app(scope, receive, send)

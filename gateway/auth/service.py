@@ -11,11 +11,14 @@ from gateway.auth.accounts import Accounts
 from gateway.auth.attempts import AttemptLimiter
 from gateway.auth.client_auth import ClientAuthenticator, JwksCache
 from gateway.auth.clients import ClientRegistry
+from gateway.auth.external import ExternalTokens
 from gateway.auth.keys import KeyStore
 from gateway.auth.launches import LaunchStore
+from gateway.auth.preauthorized import AccessTable, BackendAccess, TableOrganizationGrants
 from gateway.auth.sessions import BrowserSessions
 from gateway.auth.tokens import TokenService
 from gateway.settings import Settings
+from gateway.store.patients import PatientIndex
 
 
 @dataclass
@@ -30,12 +33,17 @@ class AuthServices:
     launches: LaunchStore
     attempts: AttemptLimiter
     registrations: AttemptLimiter
+    access_table: AccessTable
+    backend_access: BackendAccess
+    # Set in external authorization server mode: tokens are introspected there.
+    external: ExternalTokens | None = None
 
     @classmethod
     def build(cls, settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> AuthServices:
         clients = ClientRegistry(sessions)
         keys = KeyStore(sessions)
         jwks_cache = JwksCache(settings.jwks_cache_seconds)
+        access_table = AccessTable(sessions)
         return cls(
             clients=clients,
             accounts=Accounts(sessions),
@@ -49,7 +57,14 @@ class AuthServices:
             launches=LaunchStore(sessions),
             attempts=AttemptLimiter(sessions, settings.secret_attempts_per_ip),
             registrations=AttemptLimiter(sessions, settings.registrations_per_ip),
+            access_table=access_table,
+            backend_access=BackendAccess(access_table, TableOrganizationGrants(access_table)),
+            external=(
+                ExternalTokens(settings, PatientIndex(sessions)) if settings.external_as else None
+            ),
         )
 
     async def aclose(self) -> None:
         await self.jwks_cache.aclose()
+        if self.external is not None:
+            await self.external.aclose()

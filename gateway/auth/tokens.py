@@ -64,6 +64,8 @@ class AccessGrant:
     context: dict[str, Any] = field(default_factory=dict)
     expires_at: datetime | None = None
     issued_at: datetime | None = None
+    # Issued by an external authorization server (introspected), not by this gateway.
+    external: bool = False
 
     @property
     def patient(self) -> str | None:

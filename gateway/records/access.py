@@ -40,30 +40,57 @@ CHECK_FIELDS = ("StudyInstanceUID", "PatientID", "IssuerOfPatientID")
 
 @dataclass(frozen=True)
 class Visibility:
-    """What one request may see; ``None`` leaves that axis unrestricted."""
+    """What one request may see; ``None`` leaves that axis unrestricted.
+
+    ``also`` adds more that is visible besides (a union): a backend client given whole
+    patients and, besides them, single studies of other patients sees both.
+    """
 
     patients: frozenset[PatientKey] | None = None
     studies: frozenset[str] | None = None
+    also: tuple[Visibility, ...] = ()
 
     @property
     def unrestricted(self) -> bool:
         return self.patients is None and self.studies is None
 
+    @property
+    def every_patient(self) -> frozenset[PatientKey] | None:
+        """Every patient some part of this visibility names (None: not confined)."""
+        parts = (self, *self.also)
+        if any(part.patients is None for part in parts):
+            return None
+        return frozenset(key for part in parts for key in part.patients or ())
+
     def permits_patient(self, key: PatientKey | None) -> bool:
-        return self.patients is None or (key is not None and key in self.patients)
+        if self.patients is None or (key is not None and key in self.patients):
+            return True
+        return any(part.permits_patient(key) for part in self.also)
 
     def permits(self, item: DicomJson) -> bool:
         """May the request see this study, series or instance (DICOM JSON)?"""
+        return self._permits_here(item) or any(part.permits(item) for part in self.also)
+
+    def _permits_here(self, item: DicomJson) -> bool:
         if self.unrestricted:
             return True
         if self.studies is not None and dj.text(item, "StudyInstanceUID") not in self.studies:
             return False
         if self.patients is not None:
-            return self.permits_patient(patient_key(item))
+            return self._patient_here(patient_key(item))
         return True
+
+    def _patient_here(self, key: PatientKey | None) -> bool:
+        return self.patients is None or (key is not None and key in self.patients)
 
     def narrow(self, filters: Mapping[str, str]) -> list[dict[str, str]]:
         """The QIDO queries that answer ``filters`` within this visibility (maybe none)."""
+        queries = self._narrow_here(filters)
+        for part in self.also:
+            queries.extend(q for q in part.narrow(filters) if q not in queries)
+        return queries
+
+    def _narrow_here(self, filters: Mapping[str, str]) -> list[dict[str, str]]:
         if self.unrestricted:
             return [dict(filters)]
         narrowed = dict(filters)

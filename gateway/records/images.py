@@ -170,7 +170,7 @@ class ImageRecords:
         patient_id = filters.get("PatientID")
         if not patient_id or "IssuerOfPatientID" in filters or any(c in patient_id for c in "*?"):
             return
-        patients = access.visibility.patients
+        patients = access.visibility.every_patient
         if patients is not None and len(patients) <= 1:
             return  # the caller sees one patient at most: nothing to mix up
         queries = access.visibility.narrow({"PatientID": patient_id})

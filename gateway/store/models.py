@@ -70,6 +70,11 @@ class OAuthClient(Base):
     scope: Mapped[str] = mapped_column(Text, default="")
     ehr: Mapped[bool] = mapped_column(Boolean, default=False)
     dynamic: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A backend client's system/ scopes reach every patient only when it is an operator;
+    # otherwise only its pre-authorized access (PreauthorizedAccess), and what was
+    # shared with its organization.
+    operator: Mapped[bool] = mapped_column(Boolean, default=False)
+    organization_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -260,6 +265,39 @@ class ShareLink(Base):
     failed_pins: Mapped[int] = mapped_column(Integer, default=0)
     locked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_opened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class PreauthorizedAccess(Base):
+    """One patient, or one study of a patient, that a backend client or an organization
+    may see (SMART Imaging Access, Backend Services mode).
+
+    ``holder_kind`` is ``client`` (a client_id, local or the external authorization
+    server's) or ``organization``. A row without ``study_uid`` is the whole patient.
+    The patient is kept by its key (issuer, PatientID) and its FHIR id, both fixed
+    when the access is given.
+    """
+
+    __tablename__ = "preauthorized_access"
+    __table_args__ = (
+        UniqueConstraint(
+            "holder_kind",
+            "holder_id",
+            "issuer",
+            "patient_id",
+            "study_uid",
+            name="uq_preauthorized_access",
+        ),
+        Index("ix_preauthorized_access_holder", "holder_kind", "holder_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    holder_kind: Mapped[str] = mapped_column(String(16))
+    holder_id: Mapped[str] = mapped_column(String(128))
+    patient_fhir_id: Mapped[str] = mapped_column(String(64))
+    issuer: Mapped[str] = mapped_column(String(128), default="")
+    patient_id: Mapped[str] = mapped_column(String(128))
+    study_uid: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class AttemptWindow(Base):

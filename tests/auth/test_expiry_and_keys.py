@@ -159,6 +159,7 @@ def test_jwks_by_url_is_cached_as_the_server_says(
         kind=ClientKind.backend,
         jwks_url=jwks_server.url,
         scope="system/*.rs",
+        operator=True,
     )
     client_id = created.client.client_id
     key = jwks_server.key  # type: ignore[attr-defined]

@@ -43,7 +43,10 @@ class Harness:
     def token_url(self) -> str:
         return f"{self.settings.public_url}/oauth/token"
 
-    def backend_client(self, alg: str = "RS384", scope: str = "system/*.rs") -> tuple[str, Any]:
+    def backend_client(
+        self, alg: str = "RS384", scope: str = "system/*.rs", operator: bool = True
+    ) -> tuple[str, Any]:
+        """A backend client; an operator (system/ scopes reach every patient) unless told."""
         key = (
             RSAKey.generate_key(2048, parameters={"kid": f"k-{uuid.uuid4().hex[:6]}"})
             if alg == "RS384"
@@ -55,6 +58,7 @@ class Harness:
             kind=ClientKind.backend,
             jwks={"keys": [key.as_dict(private=False)]},
             scope=scope,
+            operator=operator,
         )
         return created.client.client_id, key
 

@@ -60,6 +60,7 @@ def test_a_token_from_one_replica_works_and_dies_on_the_other(
                             kind=ClientKind.backend,
                             jwks={"keys": [key.as_dict(private=False)]},
                             scope="system/*.rs",
+                            operator=True,
                         )
                         return created.client.client_id
                     finally:

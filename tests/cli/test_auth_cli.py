@@ -145,3 +145,72 @@ def test_patients_users_and_keys(data_dir: Path) -> None:
     first = run("keys", "rotate")["kid"]
     second = run("keys", "rotate")["kid"]
     assert first != second
+
+
+def test_clients_access_add_list_remove(
+    data_dir: Path, tmp_path: Path, fixture_files: list[Path]
+) -> None:
+    """A backend client's pre-authorized access, by hand (SMART Imaging Access backend mode)."""
+    import asyncio
+
+    from pydicom import dcmread
+
+    from gateway.dicomweb.file_store import FileStoreUpstream
+
+    chosen = {
+        (str(ds.PatientID), str(ds.StudyInstanceUID)): path
+        for path in fixture_files
+        if (ds := dcmread(path, stop_before_pixels=True)).PatientID in ("IS-1001", "IS-1002")
+    }
+    study = sorted(uid for patient, uid in chosen if patient == "IS-1002")[0]
+
+    async def seed() -> None:
+        store = FileStoreUpstream(data_dir / "dicom")
+        await store.store_instances([dcmread(p) for p in chosen.values()])
+        await store.aclose()
+
+    asyncio.run(seed())
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    key = RSAKey.generate_key(2048, parameters={"kid": "k1"})
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
+    backend = run(
+        "clients", "add", "--name", "Referrals", "--type", "backend",
+        "--jwks-file", str(jwks_file), "--scope", "system/ImagingStudy.rs",
+        "--organization", "trauma-centre",
+    )  # fmt: skip
+    assert backend["operator"] is False and backend["organization"] == "trauma-centre"
+    operator = run(
+        "clients", "add", "--name", "Ops", "--type", "backend",
+        "--jwks-file", str(jwks_file), "--scope", "system/*.rs", "--operator",
+    )  # fmt: skip
+    assert operator["operator"] is True
+    client = backend["client_id"]
+
+    given = run("clients", "access", "add", client, "--patient", "HOSP-A|IS-1001", "--study", study)
+    assert given["added"] == 2
+    listed = run("clients", "access", "list", client, "--json")
+    assert {(e["patient_id"], e["study"]) for e in listed} == {
+        ("IS-1001", "(all studies)"),
+        ("IS-1002", study),
+    }
+    by_fhir_id = listed[0]["patient"]
+    again = run("clients", "access", "add", client, "--patient", by_fhir_id)
+    assert again["added"] == 0  # already given
+    removed = run("clients", "access", "remove", client, "--study", study)
+    assert removed["removed"] == 1
+    assert len(run("clients", "access", "list", client, "--json")) == 1
+    assert run("clients", "access", "remove", client, "--all")["removed"] == 1
+
+    unknown_study = runner.invoke(app, ["clients", "access", "add", client, "--study", "1.2.3"])
+    assert unknown_study.exit_code == 2 and "not in the PACS" in unknown_study.output
+    unknown_patient = runner.invoke(app, ["clients", "access", "add", client, "--patient", "nope"])
+    assert unknown_patient.exit_code == 2 and "no patient" in unknown_patient.output
+    no_client = runner.invoke(app, ["clients", "access", "add", "nobody", "--patient", "a|b"])
+    assert no_client.exit_code == 2 and "no client" in no_client.output
+    organization = run(
+        "clients", "access", "add", "trauma-centre", "--organization", "--patient", "HOSP-A|IS-1002"
+    )
+    assert organization["kind"] == "organization"
+    shown = runner.invoke(app, ["clients", "access", "add", "--help"])
+    assert shown.exit_code == 0 and "system|value" in shown.output

@@ -118,6 +118,7 @@ def _backend_client(served: Served, key: RSAKey) -> str:
                 kind=ClientKind.backend,
                 jwks={"keys": [key.as_dict(private=False)]},
                 scope="system/*.rs",
+                operator=True,
             )
             return created.client.client_id
         finally:

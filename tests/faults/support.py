@@ -75,6 +75,7 @@ class Backend:
                     kind=ClientKind.backend,
                     jwks={"keys": [self.key.as_dict(private=False)]},
                     scope=scope,
+                    operator=True,
                 )
                 return str(created.client.client_id)
             finally:
