@@ -110,13 +110,26 @@ def _no_bulk(tag: Any, vr: Any, uri: Any) -> bytes:
     return b""
 
 
+def _drop_urls(dataset: Dataset) -> None:
+    """Remove URL attributes (VR UR) at any depth: a QIDO answer's Retrieve URL names the
+    original UIDs and the source archive, and the engine keeps what the table does not list."""
+    for element in list(dataset):
+        if element.VR == "UR":
+            del dataset[element.tag]
+        elif element.VR == "SQ":
+            for child in element.value:
+                _drop_urls(child)
+
+
 def deidentified_json(item: DicomJson, project: Project) -> DicomJson | None:
     """A DICOM JSON record (QIDO or metadata) through the engine: None when the instance
-    is left out. Bulk data is not fetched: binary values are dropped from the answer."""
+    is left out. Bulk data is not fetched: binary values are dropped from the answer, and
+    so are URLs (Retrieve URL and the like)."""
     try:
         dataset = Dataset.from_json(item, bulk_data_uri_handler=_no_bulk)
     except (ValueError, TypeError, KeyError):
         return None
+    _drop_urls(dataset)
     result = deidentify(dataset, project.key, project.profile)
     if not isinstance(result, Deidentified):
         return None
