@@ -28,6 +28,7 @@ from gateway.audit import AuditEntry
 from gateway.authorization import research_project
 from gateway.dicomweb import dicomjson as dj
 from gateway.donation.delivery import Donated
+from gateway.donation.projects import Project
 from gateway.fhir import bundle, mapping
 from gateway.fhir.responses import FhirResponse
 from gateway.services import Services
@@ -36,9 +37,8 @@ DICOM_JSON = "application/dicom+json"
 
 
 async def _audit(
-    services: Services, request: Request, action: str, studies: Iterable[Donated]
+    services: Services, project: Project, action: str, studies: Iterable[Donated]
 ) -> None:
-    project = await research_project(request, services)
     seen = {(d.patient, d.study_uid) for d in studies}
     entries = [
         AuditEntry(
@@ -62,7 +62,7 @@ async def studies(request: Request) -> Response:
     project = await research_project(request, services)
     donated = await services.donation.donated(project)
     found = await services.donation.pull.studies(project, donated)
-    await _audit(services, request, "pull", (f.donated for f in found))
+    await _audit(services, project, "pull", (f.donated for f in found))
     if not found:
         return Response(status_code=204)
     return Response(orjson.dumps([f.record for f in found]), media_type=DICOM_JSON)
@@ -74,7 +74,7 @@ async def metadata(request: Request) -> Response:
     donated = await services.donation.donated(project)
     study = services.donation.pull.original(project, donated, request.path_params["study"])
     answer = await services.donation.pull.metadata(project, study)
-    await _audit(services, request, "pull", [study])
+    await _audit(services, project, "pull", [study])
     return Response(orjson.dumps(answer), media_type=DICOM_JSON)
 
 
@@ -86,7 +86,7 @@ async def instance(request: Request) -> Response:
     data = await services.donation.pull.instance(
         project, study, request.path_params["series"], request.path_params["instance"]
     )
-    await _audit(services, request, "pull", [study])
+    await _audit(services, project, "pull", [study])
     boundary = secrets.token_hex(16)
     body = b"".join(
         (
@@ -115,7 +115,7 @@ async def imaging_studies(request: Request) -> Response:
         pseudonym = dj.text(item.record, "PatientID") or ""
         resource["subject"] = {"identifier": {"value": pseudonym}, "display": pseudonym}
         resources.append(resource)
-    await _audit(services, request, "pull", (f.donated for f in found))
+    await _audit(services, project, "pull", (f.donated for f in found))
     base = f"{services.settings.public_url}/research/fhir"
     return FhirResponse(
         bundle.searchset(
