@@ -16,12 +16,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from gateway import __version__, error_handlers, logs, operations
+from gateway.admin import research as admin_research
 from gateway.admin import routes as admin_routes
 from gateway.audit import AuditMiddleware
 from gateway.auth import routes as auth_routes
 from gateway.auth.enforcement import BearerTokenMiddleware
 from gateway.body_timeout import BodyTimeoutMiddleware
 from gateway.dicomweb import routes as dicomweb_routes
+from gateway.donation import routes as research_routes
 from gateway.fhir import routes as fhir_routes
 from gateway.portal import recipient
 from gateway.portal import routes as portal_routes
@@ -95,7 +97,7 @@ def create_app(
             Mount("/oauth", routes=auth_routes.routes()),
             Mount("/portal", routes=portal_routes.routes()),
             Mount("/share", routes=recipient.routes()),
-            Mount("/admin", routes=admin_routes.routes()),
+            Mount("/admin", routes=[*admin_routes.routes(), *admin_research.routes()]),
             Mount(
                 "/fhir",
                 routes=fhir_routes.routes(),
@@ -113,6 +115,11 @@ def create_app(
                     ),
                     Middleware(BearerTokenMiddleware),
                 ],
+            ),
+            Mount(
+                "/research",
+                routes=research_routes.routes(),
+                middleware=[Middleware(BearerTokenMiddleware)],
             ),
             *_apps(settings),
             Route("/healthz", operations.healthz, methods=["GET"]),

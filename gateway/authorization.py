@@ -44,6 +44,7 @@ from gateway.records.access import (
 from gateway.store.models import ShareLink
 
 if TYPE_CHECKING:
+    from gateway.donation.projects import Project
     from gateway.services import Services
 
 CHALLENGE = 'Bearer realm="gateway"'
@@ -239,6 +240,11 @@ async def _backend_access(
     permits: Callable[[str, str], bool],
     needed: Requirement,
 ) -> Access:
+    if await services.donation.projects.is_research_client(grant.client_id):
+        raise Forbidden(
+            "A research project's client reads de-identified copies only, under /research.",
+            headers={"WWW-Authenticate": INSUFFICIENT},
+        )
     given = await services.auth.backend_access.of(grant.client_id, local=not grant.external)
     if given.operator:
         return Access(EVERYTHING, actor, permits, purpose=OPERATIONS)
@@ -251,6 +257,32 @@ async def _backend_access(
     )
     outside.refuse(request, needed.resource_type, needed.action, access)
     return access
+
+
+async def research_project(request: Request, services: Services) -> Project:
+    """The project whose research backend client is asking (``/research``): a token of
+    the client registered for the project, with a ``system/`` scope to read ImagingStudy.
+    It sees that project's de-identified copies and nothing else."""
+    principal = principal_of(request)
+    if isinstance(principal, InvalidToken):
+        raise Unauthorized(
+            "The access token is not valid (unknown, expired or revoked).",
+            headers={"WWW-Authenticate": CHALLENGE + ', error="invalid_token"'},
+        )
+    if not isinstance(principal, TokenHolder):
+        raise Unauthorized(
+            "A research client's access token is required.",
+            headers={"WWW-Authenticate": CHALLENGE},
+        )
+    grant = principal.grant
+    allowed = scopes.decide(grant.scope, ("system",), "ImagingStudy", "r").allowed
+    project = await services.donation.projects.of_client(grant.client_id)
+    if grant.account_id or grant.external or not allowed or project is None:
+        raise Forbidden(
+            "Only the research client of a project, with system/ImagingStudy.rs, reads here.",
+            headers={"WWW-Authenticate": INSUFFICIENT},
+        )
+    return project
 
 
 def preauthorized_visibility(entries: Iterable[Entry]) -> Visibility:

@@ -19,6 +19,7 @@ from sqlalchemy.exc import ArgumentError
 
 from gateway import __version__
 from gateway.auth import cli as auth_cli
+from gateway.donation import cli as donation_cli
 from gateway.importing import ImportReport, dicom_files, import_files, progress_bar
 from gateway.outages import outage
 from gateway.research import cli as research_cli
@@ -38,6 +39,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 auth_cli.register(app)
 research_cli.register(app)
+donation_cli.register(app)
 console = Console(stderr=True)
 IMPORT_BATCH = 16
 T = TypeVar("T")

@@ -35,10 +35,10 @@ from gateway.outages import outage
 from gateway.portal.pages import message
 
 logger = logging.getLogger(__name__)
-IMAGE_ROUTES = ("/dicomweb", "/portal/dicomweb", "/share/dicomweb")
+IMAGE_ROUTES = ("/dicomweb", "/portal/dicomweb", "/share/dicomweb", "/research/dicomweb")
 OAUTH_PAGES = ("/oauth/authorize", "/oauth/signin", "/oauth/consent")
 PAGES = ("/portal", "/share")
-AREAS = ("/fhir", "/dicomweb", "/oauth", "/admin", *PAGES)
+AREAS = ("/fhir", "/dicomweb", "/oauth", "/admin", "/research", *PAGES)
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 # RFC 6749's error codes for what the gateway's own errors mean.
 OAUTH_ERRORS = {400: "invalid_request", 408: "invalid_request", 503: "temporarily_unavailable"}
@@ -56,7 +56,7 @@ def answer(scope: Scope, exc: GatewayError) -> Response:
     headers = dict(exc.headers)
     if _under(path, IMAGE_ROUTES):
         return dicomweb_error(exc.status, exc.message, headers)
-    if _under(path, ("/fhir",)):
+    if _under(path, ("/fhir", "/research/fhir")):
         outcome = operation_outcome(exc.status, exc.code, exc.message)
         return FhirResponse(outcome, status_code=exc.status, headers=headers)
     if _under(path, OAUTH_PAGES):

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from gateway.audit import Auditor
 from gateway.auth.service import AuthServices
 from gateway.dicomweb.upstream import Upstream
+from gateway.donation.service import Donation
 from gateway.errors import UpstreamError
 from gateway.fhir.mapping import MappingContext
 from gateway.mail import Mailer
@@ -65,6 +66,7 @@ class Services:
     audit: Auditor
     shares: ShareService
     mailer: Mailer
+    donation: Donation
     follower: ChangeFollower | None = None
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -81,6 +83,15 @@ class Services:
         audit = Auditor(database.sessions)
         release = ReleasePolicy(settings, database.sessions, clock)
         records = Records.build(settings, upstream, database.sessions, release, audit)
+        donation = Donation(
+            database.sessions,
+            upstream,
+            records.jackets,
+            audit,
+            sweep_seconds=settings.research_sweep_seconds,
+            max_attempts=settings.research_delivery_attempts,
+        )
+        records.studies.stored_listeners.append(donation.new_studies)
         return cls(
             settings=settings,
             database=database,
@@ -100,6 +111,7 @@ class Services:
                 clock=clock,
             ),
             mailer=Mailer(settings),
+            donation=donation,
             follower=create_follower(settings, records),
         )
 
@@ -107,6 +119,7 @@ class Services:
         """Start the background work of a serving process (the change feed, if any)."""
         if self.follower is not None:
             self.follower.start()
+        self.donation.start()
 
     @property
     def clock(self) -> Clock:
@@ -135,6 +148,7 @@ class Services:
     async def aclose(self) -> None:
         if self.follower is not None:
             await self.follower.aclose()
+        await self.donation.aclose()
         await self.auth.aclose()
         await self.upstream.aclose()
         await self.database.dispose()

@@ -182,6 +182,17 @@ class Settings(BaseSettings):
     index_feed_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
         2.0, description="Seconds between two polls of the change feed."
     )
+    research_sweep_seconds: Annotated[float, Field(ge=0, le=86400)] = Field(
+        300.0,
+        description=(
+            "Seconds between two passes of research delivery in each serving process "
+            "(donated studies not yet delivered, failed ones retried); 0: only when a "
+            "donation is made, a study is stored, or `gateway research deliver` runs."
+        ),
+    )
+    research_delivery_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
+        5, description="How many times a study's delivery to a research archive is tried."
+    )
     cors_origins: str = Field(
         "*",
         description="Origins allowed to call the API from a browser: * or a space-separated list.",

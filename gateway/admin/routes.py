@@ -42,7 +42,6 @@ LETTER_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-INSUFFICIENT = f'Bearer realm="gateway", error="insufficient_scope", scope="{SCOPE}"'
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -67,8 +66,8 @@ class Refusal(Exception):
         )
 
 
-async def admin_grant(request: Request, services: Services) -> AccessGrant:
-    """The caller's grant, if it is a backend token holding the admin scope."""
+async def admin_grant(request: Request, services: Services, scope: str = SCOPE) -> AccessGrant:
+    """The caller's grant, if it is a backend token holding the admin scope ``scope``."""
     token = bearer_token(request.headers.get("authorization"))
     grant = await services.auth.tokens.check(token) if token else None
     if grant is None:
@@ -82,12 +81,15 @@ async def admin_grant(request: Request, services: Services) -> AccessGrant:
             {"WWW-Authenticate": challenge},
         )
     # A token on behalf of a person (account_id) never administers, whatever its scope says.
-    if SCOPE not in grant.scope or grant.account_id is not None:
+    if scope not in grant.scope or grant.account_id is not None:
         raise Refusal(
             403,
             "insufficient_scope",
-            f"The token's scope does not include {SCOPE}.",
-            {"WWW-Authenticate": INSUFFICIENT},
+            f"The token's scope does not include {scope}.",
+            {
+                "WWW-Authenticate": 'Bearer realm="gateway", error="insufficient_scope", '
+                f'scope="{scope}"'
+            },
         )
     return grant
 

@@ -1,6 +1,9 @@
 """Each patient's grant to an app, and each share link, served as an R4 ``Consent``.
 
-A share's Consent id is ``share-{id}``, so the two kinds never collide.
+A share's Consent id is ``share-{id}`` and a research donation's ``research-{id}``,
+so the kinds never collide. A donation is a Consent of scope and category
+``research``: its provision names the study donated, or none (all the patient's
+studies, future ones included).
 """
 
 from __future__ import annotations
@@ -9,8 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from gateway.auth import scopes
-from gateway.records.trail import MAX_CONSENTS, SHARE_PREFIX, Consents
-from gateway.store.models import Grant, ShareLink, as_utc
+from gateway.records.trail import MAX_CONSENTS, RESEARCH_PREFIX, SHARE_PREFIX, Consents
+from gateway.store.models import Grant, ResearchConsent, ShareLink, as_utc
 
 SEARCH_PARAMETERS: dict[str, tuple[str, str]] = {
     "patient": ("reference", "The patient who consented"),
@@ -22,6 +25,7 @@ def resources(found: Consents, now: datetime) -> list[dict[str, Any]]:
     """Grants and share links as Consents, newest first."""
     mapped = [consent(g.grant, g.app, g.patient, now) for g in found.grants]
     mapped += [share_consent(share, now) for share in found.shares]
+    mapped += [research_consent(row, project) for row, project in found.donations]
     mapped.sort(key=lambda c: str(c["dateTime"]), reverse=True)
     return mapped[:MAX_CONSENTS]
 
@@ -41,6 +45,37 @@ def share_consent(share: ShareLink, now: datetime) -> dict[str, Any]:
         words="View and download the chosen studies through a share link",
         studies=list(share.studies),
     )
+
+
+def research_consent(row: ResearchConsent, project: str) -> dict[str, Any]:
+    """A donation to a research project: de-identified copies of one study, or of all."""
+    resource = _resource(
+        consent_id=f"{RESEARCH_PREFIX}{row.id}",
+        active=row.withdrawn_at is None,
+        patient=row.patient_fhir_id,
+        created=as_utc(row.created_at),
+        end=as_utc(row.withdrawn_at).isoformat(timespec="seconds") if row.withdrawn_at else None,
+        recipient=f"Research project: {project}",
+        words="Donate de-identified copies"
+        + (" of this study" if row.study_uid else " of all studies, future ones included"),
+        studies=[row.study_uid] if row.study_uid else None,
+    )
+    resource["scope"] = {"coding": [{"system": _SCOPE_SYSTEM, "code": "research"}]}
+    resource["category"] = [
+        {"coding": [{"system": _CATEGORY_SYSTEM, "code": "research", "display": "Research"}]}
+    ]
+    resource["provision"]["purpose"] = [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+            "code": "HRESCH",
+            "display": "healthcare research",
+        }
+    ]
+    return resource
+
+
+_SCOPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentscope"
+_CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentcategorycodes"
 
 
 def consent(grant: Grant, app_name: str, patient: str, now: datetime) -> dict[str, Any]:

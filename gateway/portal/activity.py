@@ -39,6 +39,10 @@ WHAT = {
     ("share", "view"): "Looked at a shared study",
     ("share", "download"): "Downloaded shared studies",
     ("share", "revoke"): "You withdrew a share link",
+    ("research", "donate"): "You donated to a research project",
+    ("research", "withdraw"): "You withdrew a research donation",
+    ("research", "deliver"): "A de-identified copy went to a research project",
+    ("research", "pull"): "A research project read a de-identified copy",
     ("admin", "enroll"): "Staff enrolled you",
     ("admin", "letter"): "Staff printed your enrollment letter",
 }
@@ -102,4 +106,6 @@ def _who(record: AuditRecord, apps: dict[str, str], shares: dict[str, str]) -> s
         return f"Share link: {label}" if label else "Share link recipient"
     if "/Practitioner/" in user:
         return "A physician"
+    if user.startswith("research/"):
+        return "Research project " + (record.detail or "").split(":")[0]
     return "You" if user or record.category in ("login", "consent", "share") else "Someone"

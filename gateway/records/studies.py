@@ -98,6 +98,9 @@ class StudyRecords:
         self.local_zone = local_zone
         self.max_candidates = max_candidates
         self.cache = cache
+        # Told of the patients whose studies the gateway stored (research donation's
+        # "future studies included" is one): called after the index is marked stale.
+        self.stored_listeners: list[Callable[[frozenset[PatientKey]], None]] = []
 
     # -- the patient's own ----------------------------------------------------
 
@@ -119,7 +122,10 @@ class StudyRecords:
 
     async def stored(self, keys: Iterable[PatientKey]) -> None:
         """The gateway stored studies of these patients: their next request sees them."""
+        keys = frozenset(keys)
         await self.jackets.studies.stale(keys)
+        for listener in self.stored_listeners:
+            listener(keys)
 
     # -- one study ---------------------------------------------------------
 

@@ -7,7 +7,7 @@ only those patients' entries, whatever it asks for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select
@@ -16,10 +16,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.audit import Auditor
 from gateway.errors import NotFound
 from gateway.records.access import Access
-from gateway.store.models import Account, AuditRecord, Grant, OAuthClient, ShareLink
+from gateway.store.models import (
+    Account,
+    AuditRecord,
+    Grant,
+    OAuthClient,
+    ResearchConsent,
+    ResearchProject,
+    ShareLink,
+)
 
 MAX_CONSENTS = 500
 SHARE_PREFIX = "share-"
+RESEARCH_PREFIX = "research-"
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,8 @@ class GrantConsent:
 class Consents:
     grants: list[GrantConsent]
     shares: list[ShareLink]
+    # Donations to research projects, with the project's name.
+    donations: list[tuple[ResearchConsent, str]] = field(default_factory=list)
 
 
 def _within(access: Access, patient: str | None) -> frozenset[str] | None:
@@ -88,14 +99,33 @@ class TrailRecords:
     async def consents(
         self, access: Access, *, patient: str | None = None, consent_id: str | None = None
     ) -> Consents:
-        """Patients' grants and share links (of one patient, or one), newest first."""
+        """Patients' grants, share links and research donations (of one patient, or one),
+        newest first."""
         patients = _within(access, patient)
         if patients is not None and not patients:
             return Consents([], [])
         grants: list[GrantConsent] = []
         shares: list[ShareLink] = []
+        donations: list[tuple[ResearchConsent, str]] = []
+        prefixed = consent_id is not None and consent_id.startswith((SHARE_PREFIX, RESEARCH_PREFIX))
         async with self.sessions() as session:
-            if consent_id is None or not consent_id.startswith(SHARE_PREFIX):
+            if consent_id is None or consent_id.startswith(RESEARCH_PREFIX):
+                donated = (
+                    select(ResearchConsent, ResearchProject.name)
+                    .join(ResearchProject, ResearchProject.id == ResearchConsent.project_id)
+                    .order_by(ResearchConsent.created_at.desc())
+                    .limit(MAX_CONSENTS)
+                )
+                if patients is not None:
+                    donated = donated.where(ResearchConsent.patient_fhir_id.in_(sorted(patients)))
+                if consent_id is not None:
+                    donated = donated.where(
+                        ResearchConsent.id == consent_id.removeprefix(RESEARCH_PREFIX)
+                    )
+                donations.extend(
+                    (row, name) for row, name in (await session.execute(donated)).all()
+                )
+            if consent_id is None or not prefixed:
                 query = (
                     select(Grant, OAuthClient.name, Account.patient_fhir_id)
                     .join(Account, Account.id == Grant.account_id)
@@ -117,4 +147,4 @@ class TrailRecords:
                 if consent_id is not None:
                     links = links.where(ShareLink.id == consent_id.removeprefix(SHARE_PREFIX))
                 shares.extend(await session.scalars(links))
-        return Consents(grants, shares)
+        return Consents(grants, shares, donations)

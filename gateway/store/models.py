@@ -376,3 +376,72 @@ class IndexFeed(Base):
     cursor: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     holder: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+# -- research donation (issue 14, phase 3) -----------------------------------
+
+
+class ResearchProject(Base):
+    """A research project patients may donate studies to. ``secret`` is the project's
+    pseudonym key (base64 of 48 random bytes): as sensitive as the data, never shown.
+    Delivery goes to ``archive_url`` (STOW-RS) or, without one, to a download area."""
+
+    __tablename__ = "research_project"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    protocol_id: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    archive_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    archive_token: Mapped[str | None] = mapped_column(Text, nullable=True)
+    options: Mapped[list[str]] = mapped_column(JSON, default=list)
+    accept_burned_in: Mapped[bool] = mapped_column(Boolean, default=False)
+    secret: Mapped[str] = mapped_column(Text)
+    client_id: Mapped[str | None] = mapped_column(String(128), nullable=True, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ResearchConsent(Base):
+    """A patient's donation to a project: one study, or (``study_uid`` empty) all their
+    studies, future ones included. Withdrawn, it stops future deliveries."""
+
+    __tablename__ = "research_consent"
+    __table_args__ = (Index("ix_research_consent_patient", "patient_fhir_id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    patient_fhir_id: Mapped[str] = mapped_column(String(64))
+    issuer: Mapped[str] = mapped_column(String(128), default="")
+    patient_id: Mapped[str] = mapped_column(String(128))
+    study_uid: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    withdrawn_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    withdrawn_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class ResearchDelivery(Base):
+    """One study's de-identified copy going to (or gone to) one project's archive."""
+
+    __tablename__ = "research_delivery"
+    __table_args__ = (
+        UniqueConstraint(
+            "project_id", "consent_id", "study_uid", name="uq_research_delivery_study"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    consent_id: Mapped[str] = mapped_column(String(64))
+    patient_fhir_id: Mapped[str] = mapped_column(String(64))
+    study_uid: Mapped[str] = mapped_column(String(64))
+    pseudonymous_study_uid: Mapped[str] = mapped_column(String(64))
+    patient_pseudonym: Mapped[str] = mapped_column(String(64), default="")
+    # pending, delivered, failed, stopped (withdrawn before it went)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+    excluded: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,0 +1,18 @@
+"""Research donation (issue 14, phase 3): projects, patients' donation consents, delivery.
+
+- ``projects``: research projects (name, protocol id, archive or download area,
+  de-identification profile, the pseudonym key kept as a secret);
+- ``consents``: a patient's donation to a project, per study or of all their
+  studies (future ones included), and its withdrawal;
+- ``copies``: a donated study's de-identified instances, one at a time, through
+  the engine in ``gateway.research``;
+- ``delivery``: where copies go (``ArchiveDelivery``: STOW-RS for now, the
+  transfer engine later) and the runner that delivers, retries and stops;
+- ``package``: a project's de-identified copies as one streamed ZIP;
+- ``pull``: what a project's research backend client sees, pseudonymized on the fly;
+- ``service``: ``Donation``, the one object the routes and the CLI use.
+
+This is a service beside the records layer: it reaches the PACS only for
+studies a patient donated (released to them, checked against their key), and
+answers nothing but de-identified copies.
+"""
