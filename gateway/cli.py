@@ -20,10 +20,12 @@ from sqlalchemy.exc import ArgumentError
 from gateway import __version__
 from gateway.auth import cli as auth_cli
 from gateway.importing import ImportReport, dicom_files, import_files, progress_bar
+from gateway.organizations import cli as orgs_cli
 from gateway.outages import outage
 from gateway.research import cli as research_cli
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.store.database import Database, DatabaseNotMigrated
+from gateway.transfers import cli as transfers_cli
 
 if TYPE_CHECKING:
     pass
@@ -38,6 +40,8 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 auth_cli.register(app)
 research_cli.register(app)
+orgs_cli.register(app)
+transfers_cli.register(app)
 console = Console(stderr=True)
 IMPORT_BATCH = 16
 T = TypeVar("T")
