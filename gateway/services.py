@@ -86,7 +86,7 @@ def create_worker(
         destinations,
         transforms,
         audit,
-        worker_options(settings),  # type: ignore[arg-type]
+        worker_options(settings),
     )
 
 

@@ -42,7 +42,6 @@ LETTER_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-INSUFFICIENT = f'Bearer realm="gateway", error="insufficient_scope", scope="{SCOPE}"'
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -67,8 +66,8 @@ class Refusal(Exception):
         )
 
 
-async def admin_grant(request: Request, services: Services) -> AccessGrant:
-    """The caller's grant, if it is a backend token holding the admin scope."""
+async def admin_grant(request: Request, services: Services, scope: str = SCOPE) -> AccessGrant:
+    """The caller's grant, if it is a backend token holding the admin ``scope``."""
     token = bearer_token(request.headers.get("authorization"))
     grant = await services.auth.tokens.check(token) if token else None
     if grant is None:
@@ -82,12 +81,15 @@ async def admin_grant(request: Request, services: Services) -> AccessGrant:
             {"WWW-Authenticate": challenge},
         )
     # A token on behalf of a person (account_id) never administers, whatever its scope says.
-    if SCOPE not in grant.scope or grant.account_id is not None:
+    if scope not in grant.scope or grant.account_id is not None:
         raise Refusal(
             403,
             "insufficient_scope",
-            f"The token's scope does not include {SCOPE}.",
-            {"WWW-Authenticate": INSUFFICIENT},
+            f"The token's scope does not include {scope}.",
+            {
+                "WWW-Authenticate": 'Bearer realm="gateway", error="insufficient_scope", '
+                f'scope="{scope}"'
+            },
         )
     return grant
 
@@ -122,6 +124,14 @@ def _birth_date(value: Any) -> str:
     if parsed > date.today():
         raise Refusal(400, "invalid_request", "birthDate is in the future.")
     return value
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    return await _body(request)
+
+
+async def patient_named(services: Services, body: dict[str, Any]) -> str:
+    return await _patient_id(services, body)
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -280,7 +290,10 @@ async def letter(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     """Below ``/admin``."""
+    from gateway.admin import transfers
+
     return [
         Route("/enrollments", enroll, methods=["POST"]),
         Route("/enrollments/{account_id}/letter", letter, methods=["GET"]),
+        *transfers.routes(),
     ]

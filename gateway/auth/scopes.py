@@ -3,6 +3,7 @@
     (patient|user|system)/(Type|*).(v2 letters in order: c r u d s)[?param=value&...]
     (patient|user|system)/(Type|*).(read|write|*)        v1: read = rs, write = cud
     admin/enrollments                                    gateway staff API (backend clients)
+    admin/transfers                                      staff: send studies to organizations
 
 Scope strings are kept exactly as requested and granted; decisions use the
 parsed form. Pure functions only.
@@ -29,7 +30,7 @@ CONTEXT_SCOPES = frozenset(
 )
 # Staff scopes: only backend clients pre-authorised for them receive them
 # (client_credentials); the authorization endpoint never accepts them from an app.
-ADMIN_SCOPES = frozenset({"admin/enrollments"})
+ADMIN_SCOPES = frozenset({"admin/enrollments", "admin/transfers"})
 V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
 _V2_LETTERS = re.compile(r"c?r?u?d?s?")
 _RESOURCE_SCOPE = re.compile(
@@ -172,6 +173,7 @@ def describe(text: str) -> str:
         "online_access": "Keep access while you are signed in",
         "launch/encounter": "Know the current encounter",
         "admin/enrollments": "Enrol patients: give them an access code and a letter to print",
+        "admin/transfers": "Send patients' studies to other organizations, and see the transfers",
     }
     if text in plain:
         return plain[text]

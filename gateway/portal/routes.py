@@ -23,7 +23,7 @@ from gateway.authorization import patient_access
 from gateway.dicomweb import routes as dicomweb_routes
 from gateway.errors import Held, NotFound
 from gateway.portal import activity as activity_page
-from gateway.portal import shares_pages
+from gateway.portal import shares_pages, sites_pages
 from gateway.portal.gates import PORTAL_COOKIE, ImageGate
 from gateway.portal.pages import (
     form_fields,
@@ -322,6 +322,7 @@ def routes() -> list[BaseRoute]:
         Route("/apps", apps, methods=["GET"]),
         Route("/apps/{grant}/revoke", revoke_app, methods=["POST"]),
         *shares_pages.routes(),
+        *sites_pages.routes(),
         Route("/activity", activity_page.activity, methods=["GET"]),
         Route("/waive", waive, methods=["POST"]),
         Mount(

@@ -16,10 +16,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.audit import Auditor
 from gateway.errors import NotFound
 from gateway.records.access import Access
-from gateway.store.models import Account, AuditRecord, Grant, OAuthClient, ShareLink
+from gateway.store.models import (
+    Account,
+    AuditRecord,
+    Grant,
+    OAuthClient,
+    Organization,
+    OrganizationSend,
+    ShareLink,
+)
 
 MAX_CONSENTS = 500
 SHARE_PREFIX = "share-"
+SEND_PREFIX = "org-"
 
 
 @dataclass(frozen=True)
@@ -32,9 +41,18 @@ class GrantConsent:
 
 
 @dataclass(frozen=True)
+class SendConsent:
+    """Studies a patient (or staff for them) sent to an organization."""
+
+    send: OrganizationSend
+    organization: str  # its name
+
+
+@dataclass(frozen=True)
 class Consents:
     grants: list[GrantConsent]
     shares: list[ShareLink]
+    sends: list[SendConsent]
 
 
 def _within(access: Access, patient: str | None) -> frozenset[str] | None:
@@ -91,11 +109,21 @@ class TrailRecords:
         """Patients' grants and share links (of one patient, or one), newest first."""
         patients = _within(access, patient)
         if patients is not None and not patients:
-            return Consents([], [])
+            return Consents([], [], [])
         grants: list[GrantConsent] = []
         shares: list[ShareLink] = []
+        sends: list[SendConsent] = []
+        kind = (
+            "share"
+            if consent_id is not None and consent_id.startswith(SHARE_PREFIX)
+            else "send"
+            if consent_id is not None and consent_id.startswith(SEND_PREFIX)
+            else "grant"
+            if consent_id is not None
+            else None
+        )
         async with self.sessions() as session:
-            if consent_id is None or not consent_id.startswith(SHARE_PREFIX):
+            if kind in (None, "grant"):
                 query = (
                     select(Grant, OAuthClient.name, Account.patient_fhir_id)
                     .join(Account, Account.id == Grant.account_id)
@@ -110,11 +138,24 @@ class TrailRecords:
                     query = query.where(Grant.id == consent_id)
                 for grant, app, owner in (await session.execute(query)).all():
                     grants.append(GrantConsent(grant, app, owner or ""))
-            if consent_id is None or consent_id.startswith(SHARE_PREFIX):
+            if kind in (None, "share"):
                 links = select(ShareLink).order_by(ShareLink.created_at.desc()).limit(MAX_CONSENTS)
                 if patients is not None:
                     links = links.where(ShareLink.patient_fhir_id.in_(sorted(patients)))
                 if consent_id is not None:
                     links = links.where(ShareLink.id == consent_id.removeprefix(SHARE_PREFIX))
                 shares.extend(await session.scalars(links))
-        return Consents(grants, shares)
+            if kind in (None, "send"):
+                sent = (
+                    select(OrganizationSend, Organization.name)
+                    .outerjoin(Organization, Organization.id == OrganizationSend.organization_id)
+                    .order_by(OrganizationSend.created_at.desc())
+                    .limit(MAX_CONSENTS)
+                )
+                if patients is not None:
+                    sent = sent.where(OrganizationSend.patient_fhir_id.in_(sorted(patients)))
+                if consent_id is not None:
+                    sent = sent.where(OrganizationSend.id == consent_id.removeprefix(SEND_PREFIX))
+                for send, name in (await session.execute(sent)).all():
+                    sends.append(SendConsent(send, name or send.organization_id))
+        return Consents(grants, shares, sends)

@@ -77,7 +77,7 @@ class TransferQueue:
         """Take the lease of one due job (the oldest first), or None."""
         now = self.clock()
         async with self.sessions() as session:
-            postgres = session.bind.dialect.name == "postgresql"
+            postgres = session.get_bind().dialect.name == "postgresql"
             candidates = (
                 select(TransferJob.id)
                 .where(self._due(now))  # type: ignore[arg-type]

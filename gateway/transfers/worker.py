@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -75,7 +75,7 @@ class TransferWorker:
         self,
         queue: TransferQueue,
         upstream: Upstream,
-        destinations: dict[str, Destination],
+        destinations: Mapping[str, Destination],
         transforms: Transforms,
         audit: Auditor,
         options: WorkerOptions,
