@@ -163,7 +163,7 @@ def site_token(client: httpx.Client, site: str, client_id: str, key_file: Path) 
         token_url,
         data={
             "grant_type": "client_credentials",
-            "scope": "system/ImagingStudy.rs",
+            "scope": "system/ImagingStudy.rs system/DocumentReference.rs",
             "client_assertion_type": JWT_BEARER,
             "client_assertion": assertion,
         },
