@@ -289,11 +289,8 @@ async def letter(request: Request) -> Response:
 
 
 def routes() -> list[BaseRoute]:
-    """Below ``/admin``."""
-    from gateway.admin import transfers
-
+    """Below ``/admin`` (``admin/transfers.py`` adds its own)."""
     return [
         Route("/enrollments", enroll, methods=["POST"]),
         Route("/enrollments/{account_id}/letter", letter, methods=["GET"]),
-        *transfers.routes(),
     ]
