@@ -18,6 +18,7 @@ from starlette.types import ASGIApp
 from gateway import __version__, error_handlers, logs, operations
 from gateway.admin import research as admin_research
 from gateway.admin import routes as admin_routes
+from gateway.admin import transfers as admin_transfers
 from gateway.audit import AuditMiddleware
 from gateway.auth import routes as auth_routes
 from gateway.auth.enforcement import BearerTokenMiddleware
@@ -97,7 +98,14 @@ def create_app(
             Mount("/oauth", routes=auth_routes.routes()),
             Mount("/portal", routes=portal_routes.routes()),
             Mount("/share", routes=recipient.routes()),
-            Mount("/admin", routes=[*admin_routes.routes(), *admin_research.routes()]),
+            Mount(
+                "/admin",
+                routes=[
+                    *admin_routes.routes(),
+                    *admin_research.routes(),
+                    *admin_transfers.routes(),
+                ],
+            ),
             Mount(
                 "/fhir",
                 routes=fhir_routes.routes(),

@@ -21,10 +21,12 @@ from gateway import __version__
 from gateway.auth import cli as auth_cli
 from gateway.donation import cli as donation_cli
 from gateway.importing import ImportReport, dicom_files, import_files, progress_bar
+from gateway.organizations import cli as orgs_cli
 from gateway.outages import outage
 from gateway.research import cli as research_cli
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.store.database import Database, DatabaseNotMigrated
+from gateway.transfers import cli as transfers_cli
 
 if TYPE_CHECKING:
     pass
@@ -40,6 +42,8 @@ app.add_typer(db_app, name="db")
 auth_cli.register(app)
 research_cli.register(app)
 donation_cli.register(app)
+orgs_cli.register(app)
+transfers_cli.register(app)
 console = Console(stderr=True)
 IMPORT_BATCH = 16
 T = TypeVar("T")
@@ -202,30 +206,103 @@ def serve(
 @app.command("import")
 def import_command(
     paths: Annotated[
-        list[Path], typer.Argument(help="DICOM files or folders (searched recursively).")
-    ],
+        list[Path] | None, typer.Argument(help="DICOM files or folders (searched recursively).")
+    ] = None,
+    share: Annotated[
+        str | None,
+        typer.Option(help="Import what a share link offers (its recipient's view); needs --pin."),
+    ] = None,
+    pin: Annotated[str | None, typer.Option(help="The share link's 6-digit PIN.")] = None,
+    from_site: Annotated[
+        str | None,
+        typer.Option(
+            "--from-site",
+            help="Import what a sending gateway lets this site's backend client see (its "
+            "base URL); needs --client and --key.",
+        ),
+    ] = None,
+    client: Annotated[
+        str | None, typer.Option(help="Our backend client_id at the sending site.")
+    ] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(help="Our backend client's private key (JWK, JWKS or PEM file).", exists=True),
+    ] = None,
+    patient_id: Annotated[
+        str | None,
+        typer.Option(
+            "--patient-id",
+            help="The patient's local ID: it replaces the outside PatientID, which is kept "
+            "(with its issuer) in OtherPatientIDsSequence.",
+        ),
+    ] = None,
+    issuer: Annotated[
+        str, typer.Option(help="The local IssuerOfPatientID that goes with --patient-id.")
+    ] = "",
 ) -> None:
-    """Send DICOM files to the configured archive with STOW-RS."""
+    """Store DICOM files, a share link's studies, or a sending site's studies in the
+    configured archive (STOW-RS), with a progress bar."""
+    import tempfile
+
+    from gateway.receiving import ReceiveError, fetch_from_site, fetch_share, reconcile
+
     settings = _settings()
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        console.print(f"[red]no such file or folder:[/red] {', '.join(missing)}")
+    sources = sum(bool(x) for x in (paths, share, from_site))
+    if sources != 1:
+        console.print("[red]give files or folders, or --share, or --from-site (one of them)[/red]")
         raise typer.Exit(2)
-    files = list(dicom_files(paths))
+    if share and not pin:
+        console.print("[red]--share needs --pin[/red]")
+        raise typer.Exit(2)
+    if from_site and not (client and key):
+        console.print("[red]--from-site needs --client and --key[/red]")
+        raise typer.Exit(2)
+    if patient_id is None and not paths:
+        console.print(
+            "[yellow]no --patient-id: the outside patient IDs are kept as they are[/yellow]"
+        )
+    edit = (lambda ds: reconcile(ds, patient_id, issuer)) if patient_id else None
+    with tempfile.TemporaryDirectory(prefix="gateway-import-") as scratch:
+        if paths:
+            missing = [str(p) for p in paths if not p.exists()]
+            if missing:
+                console.print(f"[red]no such file or folder:[/red] {', '.join(missing)}")
+                raise typer.Exit(2)
+            files = list(dicom_files(paths))
+        else:
+            folder = Path(scratch)
+            try:
+                with progress_bar(console) as progress:
+                    task = progress.add_task("Fetching", total=None)
 
-    async def run() -> ImportReport:
-        from gateway.services import create_upstream
+                    def advance(done: int, total: int | None) -> None:
+                        progress.update(task, completed=done, total=total)
 
-        upstream = create_upstream(settings)
-        try:
-            with progress_bar(console) as progress:
-                return await import_files(upstream, files, progress)
-        finally:
-            await upstream.aclose()
+                    if share:
+                        fetch_share(share, pin or "", folder, advance)
+                    else:
+                        assert from_site and client and key
+                        fetch_from_site(from_site, client, key, folder, advance)
+            except ReceiveError as exc:
+                console.print(f"[red]cannot import:[/red] {escape(str(exc))}")
+                raise typer.Exit(1) from None
+            files = sorted(folder.glob("*.dcm"))
 
-    report = asyncio.run(run())
+        async def run() -> ImportReport:
+            from gateway.services import create_upstream
+
+            upstream = create_upstream(settings)
+            try:
+                with progress_bar(console) as progress:
+                    return await import_files(upstream, files, progress, edit)
+            finally:
+                await upstream.aclose()
+
+        report = asyncio.run(run())
     target = settings.dicomweb_url or settings.dicom_dir
     console.print(f"stored {report.stored} of {len(files)} files in {target}")
+    if patient_id:
+        console.print(f"patient ID reconciled to {escape(patient_id)}")
     if report.failed:
         # One plain line per failure: easy to read, grep and feed back to `import`.
         for name, reason in sorted(report.failed.items()):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +32,13 @@ def dicom_files(paths: Sequence[Path]) -> Iterator[Path]:
 
 
 async def import_files(
-    upstream: Upstream, files: Sequence[Path], progress: Progress | None = None
+    upstream: Upstream,
+    files: Sequence[Path],
+    progress: Progress | None = None,
+    edit: Callable[[Dataset], None] | None = None,
 ) -> ImportReport:
-    """STOW-RS each readable DICOM file, in small batches; collect every failure."""
+    """STOW-RS each readable DICOM file, in small batches; collect every failure.
+    ``edit`` changes each dataset before it is sent (the patient ID reconciled)."""
     report = ImportReport()
     task = progress.add_task("Importing", total=len(files)) if progress else None
     batch: list[tuple[Path, Dataset]] = []
@@ -60,6 +64,8 @@ async def import_files(
             dataset = dcmread(path)
             if "SOPInstanceUID" not in dataset or not getattr(dataset, "file_meta", None):
                 raise InvalidDicomError("no SOP Instance UID or file meta information")
+            if edit is not None:
+                edit(dataset)
             batch.append((path, dataset))
         except (InvalidDicomError, ValueError, EOFError):
             report.failed[str(path)] = "not a DICOM Part 10 file"

@@ -20,12 +20,16 @@ from gateway.donation.service import Donation
 from gateway.errors import UpstreamError
 from gateway.fhir.mapping import MappingContext
 from gateway.mail import Mailer
+from gateway.organizations.pushing import ORGANIZATION, OrganizationDestination, SiteTransfers
 from gateway.portal.shares import ShareService
 from gateway.records import Records
 from gateway.records.index_feed import ChangeFollower
 from gateway.records.release import Clock, ReleasePolicy, utc_now
 from gateway.settings import Settings
 from gateway.store.database import Database
+from gateway.transfers.queue import TransferQueue
+from gateway.transfers.transforms import Transforms
+from gateway.transfers.worker import TransferWorker, WorkerOptions
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +59,38 @@ def create_follower(settings: Settings, records: Records) -> ChangeFollower | No
     )
 
 
+def worker_options(settings: Settings) -> WorkerOptions:
+    return WorkerOptions(
+        batch=settings.transfer_batch,
+        attempts=settings.transfer_attempts,
+        backoff=settings.transfer_backoff_seconds,
+        backoff_max=settings.transfer_backoff_max_seconds,
+        poll=settings.transfer_poll_seconds,
+        lease=settings.transfer_lease_seconds,
+        timeout=settings.transfer_timeout,
+    )
+
+
+def create_worker(
+    settings: Settings,
+    auth: AuthServices,
+    queue: TransferQueue,
+    upstream: Upstream,
+    transforms: Transforms,
+    audit: Auditor,
+) -> TransferWorker:
+    """The transfer worker, with every kind of destination this gateway pushes to."""
+    destinations = {ORGANIZATION: OrganizationDestination(auth.organizations, auth.sends)}
+    return TransferWorker(
+        queue,
+        upstream,
+        destinations,
+        transforms,
+        audit,
+        worker_options(settings),
+    )
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -67,6 +103,10 @@ class Services:
     shares: ShareService
     mailer: Mailer
     donation: Donation
+    transfers: TransferQueue
+    sites: SiteTransfers
+    transforms: Transforms
+    worker: TransferWorker
     follower: ChangeFollower | None = None
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -92,6 +132,9 @@ class Services:
             max_attempts=settings.research_delivery_attempts,
         )
         records.studies.stored_listeners.append(donation.new_studies)
+        auth = AuthServices.build(settings, database.sessions)
+        transfers = TransferQueue(database.sessions)
+        transforms = Transforms()
         return cls(
             settings=settings,
             database=database,
@@ -101,7 +144,7 @@ class Services:
                 dicomweb_url=settings.dicomweb_base_url,
                 local_zone=ZoneInfo(settings.local_timezone) if settings.local_timezone else None,
             ),
-            auth=AuthServices.build(settings, database.sessions),
+            auth=auth,
             audit=audit,
             shares=ShareService(
                 database.sessions,
@@ -112,14 +155,21 @@ class Services:
             ),
             mailer=Mailer(settings),
             donation=donation,
+            transfers=transfers,
+            sites=SiteTransfers(auth.organizations, auth.sends, transfers, audit),
+            transforms=transforms,
+            worker=create_worker(settings, auth, transfers, upstream, transforms, audit),
             follower=create_follower(settings, records),
         )
 
     def start(self) -> None:
-        """Start the background work of a serving process (the change feed, if any)."""
+        """Start the background work of a serving process: the change feed (if any) and
+        the transfer worker (unless ``GATEWAY_TRANSFER_WORKER`` is off)."""
         if self.follower is not None:
             self.follower.start()
         self.donation.start()
+        if self.settings.transfer_worker:
+            self.worker.start()
 
     @property
     def clock(self) -> Clock:
@@ -146,6 +196,7 @@ class Services:
         return self.upstream.name
 
     async def aclose(self) -> None:
+        await self.worker.aclose()
         if self.follower is not None:
             await self.follower.aclose()
         await self.donation.aclose()

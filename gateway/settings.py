@@ -253,6 +253,44 @@ class Settings(BaseSettings):
         5.0, description="Seconds to wait for the authorization server (then 503)."
     )
 
+    # -- site to site (issue 14) --------------------------------------------------
+    secrets_key: SecretStr | None = Field(
+        None,
+        description=(
+            "Base64url of 32 random bytes that seals organizations' outbound credentials "
+            "(STOW secrets and bearer tokens) in the database; empty: a key file made in "
+            "the data folder on first use (one machine only)."
+        ),
+    )
+    transfer_worker: bool = Field(
+        True, description="Run the transfer worker (STOW-RS pushes) inside `gateway serve`."
+    )
+    transfer_batch: Annotated[int, Field(ge=1, le=500)] = Field(
+        10, description="Instances per STOW-RS request of a push."
+    )
+    transfer_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
+        8, description="Tries of a push before it ends as failed."
+    )
+    transfer_backoff_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        5.0, description="Wait after a push's first failed try; doubled after each next one."
+    )
+    transfer_backoff_max_seconds: Annotated[float, Field(gt=0, le=86400)] = Field(
+        600.0, description="The longest wait between two tries of a push."
+    )
+    transfer_poll_seconds: Annotated[float, Field(gt=0, le=600)] = Field(
+        2.0, description="How often an idle transfer worker looks for work."
+    )
+    transfer_lease_seconds: Annotated[float, Field(ge=5, le=3600)] = Field(
+        60.0,
+        description=(
+            "How long a worker holds a push it claimed without renewing; after that "
+            "another replica (or a restart) takes it over."
+        ),
+    )
+    transfer_timeout: Annotated[float, Field(gt=0, le=600)] = Field(
+        60.0, description="Seconds to wait for an organization's STOW-RS or token endpoint."
+    )
+
     @field_validator("public_url")
     @classmethod
     def _public_url_is_absolute(cls, value: str) -> str:

@@ -126,6 +126,14 @@ def _birth_date(value: Any) -> str:
     return value
 
 
+async def read_json(request: Request) -> dict[str, Any]:
+    return await _body(request)
+
+
+async def patient_named(services: Services, body: dict[str, Any]) -> str:
+    return await _patient_id(services, body)
+
+
 async def _body(request: Request) -> dict[str, Any]:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
@@ -281,7 +289,7 @@ async def letter(request: Request) -> Response:
 
 
 def routes() -> list[BaseRoute]:
-    """Below ``/admin``."""
+    """Below ``/admin`` (``admin/transfers.py`` adds its own)."""
     return [
         Route("/enrollments", enroll, methods=["POST"]),
         Route("/enrollments/{account_id}/letter", letter, methods=["GET"]),

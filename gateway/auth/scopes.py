@@ -4,6 +4,7 @@
     (patient|user|system)/(Type|*).(read|write|*)        v1: read = rs, write = cud
     admin/enrollments                                    gateway staff API (backend clients)
     admin/research                                       research projects API (backend clients)
+    admin/transfers                                      staff: send studies to organizations
 
 Scope strings are kept exactly as requested and granted; decisions use the
 parsed form. Pure functions only.
@@ -30,7 +31,7 @@ CONTEXT_SCOPES = frozenset(
 )
 # Staff scopes: only backend clients pre-authorised for them receive them
 # (client_credentials); the authorization endpoint never accepts them from an app.
-ADMIN_SCOPES = frozenset({"admin/enrollments", "admin/research"})
+ADMIN_SCOPES = frozenset({"admin/enrollments", "admin/research", "admin/transfers"})
 V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
 _V2_LETTERS = re.compile(r"c?r?u?d?s?")
 _RESOURCE_SCOPE = re.compile(
@@ -174,6 +175,7 @@ def describe(text: str) -> str:
         "launch/encounter": "Know the current encounter",
         "admin/enrollments": "Enrol patients: give them an access code and a letter to print",
         "admin/research": "Manage research projects, their deliveries and download packages",
+        "admin/transfers": "Send patients' studies to other organizations, and see the transfers",
     }
     if text in plain:
         return plain[text]

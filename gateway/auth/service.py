@@ -14,9 +14,12 @@ from gateway.auth.clients import ClientRegistry
 from gateway.auth.external import ExternalTokens
 from gateway.auth.keys import KeyStore
 from gateway.auth.launches import LaunchStore
-from gateway.auth.preauthorized import AccessTable, BackendAccess, TableOrganizationGrants
+from gateway.auth.preauthorized import AccessTable, BackendAccess
 from gateway.auth.sessions import BrowserSessions
 from gateway.auth.tokens import TokenService
+from gateway.organizations.registry import Organizations
+from gateway.organizations.sealing import sealing_key
+from gateway.organizations.sending import ConsentGrants, Sends
 from gateway.settings import Settings
 from gateway.store.patients import PatientIndex
 
@@ -35,6 +38,8 @@ class AuthServices:
     registrations: AttemptLimiter
     access_table: AccessTable
     backend_access: BackendAccess
+    organizations: Organizations
+    sends: Sends
     # Set in external authorization server mode: tokens are introspected there.
     external: ExternalTokens | None = None
 
@@ -44,6 +49,7 @@ class AuthServices:
         keys = KeyStore(sessions)
         jwks_cache = JwksCache(settings.jwks_cache_seconds)
         access_table = AccessTable(sessions)
+        sends = Sends(sessions, max_days=settings.share_max_days)
         return cls(
             clients=clients,
             accounts=Accounts(sessions),
@@ -58,7 +64,9 @@ class AuthServices:
             attempts=AttemptLimiter(sessions, settings.secret_attempts_per_ip),
             registrations=AttemptLimiter(sessions, settings.registrations_per_ip),
             access_table=access_table,
-            backend_access=BackendAccess(access_table, TableOrganizationGrants(access_table)),
+            backend_access=BackendAccess(access_table, ConsentGrants(access_table, sends)),
+            organizations=Organizations(sessions, clients, lambda: sealing_key(settings)),
+            sends=sends,
             external=(
                 ExternalTokens(settings, PatientIndex(sessions)) if settings.external_as else None
             ),

@@ -12,7 +12,14 @@ from datetime import datetime
 from typing import Any
 
 from gateway.auth import scopes
-from gateway.records.trail import MAX_CONSENTS, RESEARCH_PREFIX, SHARE_PREFIX, Consents
+from gateway.records.trail import (
+    MAX_CONSENTS,
+    RESEARCH_PREFIX,
+    SEND_PREFIX,
+    SHARE_PREFIX,
+    Consents,
+    SendConsent,
+)
 from gateway.store.models import Grant, ResearchConsent, ShareLink, as_utc
 
 SEARCH_PARAMETERS: dict[str, tuple[str, str]] = {
@@ -26,6 +33,7 @@ def resources(found: Consents, now: datetime) -> list[dict[str, Any]]:
     mapped = [consent(g.grant, g.app, g.patient, now) for g in found.grants]
     mapped += [share_consent(share, now) for share in found.shares]
     mapped += [research_consent(row, project) for row, project in found.donations]
+    mapped += [send_consent(sent, now) for sent in found.sends]
     mapped.sort(key=lambda c: str(c["dateTime"]), reverse=True)
     return mapped[:MAX_CONSENTS]
 
@@ -76,6 +84,32 @@ def research_consent(row: ResearchConsent, project: str) -> dict[str, Any]:
 
 _SCOPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentscope"
 _CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentcategorycodes"
+
+
+def send_consent(sent: SendConsent, now: datetime) -> dict[str, Any]:
+    """Studies sent to an organization: its systems may fetch them (and may have been
+    pushed them) until the end of the period."""
+    send = sent.send
+    end = as_utc(send.revoked_at) if send.revoked_at else as_utc(send.expires_at)
+    words = "Receive the chosen studies: fetch them, and be sent them"
+    if send.sent_by:
+        words += f" (sent by staff for the patient: {send.reason})"
+    resource = _resource(
+        consent_id=f"{SEND_PREFIX}{send.id}",
+        active=send.revoked_at is None and end > now,
+        patient=send.patient_fhir_id,
+        created=as_utc(send.created_at),
+        end=end.isoformat(timespec="seconds"),
+        recipient=sent.organization,
+        words=words,
+        studies=list(send.studies),
+    )
+    resource["organization"] = [{"display": sent.organization}]
+    actor = resource["provision"]["actor"][0]
+    actor["reference"] = {"display": sent.organization, "type": "Organization"}
+    if send.sent_by:
+        resource["performer"].append({"display": f"Staff (client {send.sent_by})"})
+    return resource
 
 
 def consent(grant: Grant, app_name: str, patient: str, now: datetime) -> dict[str, Any]:

@@ -43,6 +43,15 @@ WHAT = {
     ("research", "withdraw"): "You withdrew a research donation",
     ("research", "deliver"): "A de-identified copy went to a research project",
     ("research", "pull"): "A research project read a de-identified copy",
+    ("transfer", "send"): "Studies were sent to a hospital",
+    ("transfer", "revoke"): "A send to a hospital was withdrawn",
+    ("transfer", "push-done"): "Studies were delivered to a hospital",
+    (
+        "transfer",
+        "push-partial",
+    ): "Studies were partly delivered to a hospital: some images were refused",
+    ("transfer", "push-failed"): "Studies could not be delivered to a hospital",
+    ("transfer", "push-cancelled"): "A delivery to a hospital was stopped",
     ("admin", "enroll"): "Staff enrolled you",
     ("admin", "letter"): "Staff printed your enrollment letter",
 }
@@ -52,6 +61,13 @@ REFUSED = {
     ("consent", "revoke"): "You tried to withdraw an app's access: nothing to withdraw",
     ("consent", "waive-delay"): "You asked to see new results at once: not offered here",
     ("share", "revoke"): "You tried to withdraw a share link: nothing to withdraw",
+    ("transfer", "revoke"): "A send to a hospital was to be withdrawn: nothing to withdraw",
+}
+# Transfers that did not end well are told as they are, never as "Done".
+PROBLEMS = {
+    "push-partial": "Partly delivered",
+    "push-failed": "Failed",
+    "push-cancelled": "Stopped",
 }
 
 
@@ -73,7 +89,8 @@ async def activity(
             "who": _who(record, apps, shares),
             "what": _what(record),
             "study": studies.get(record.study, "a study") if record.study else None,
-            "result": "Done" if record.outcome < 400 else "Refused",
+            "result": _result(record),
+            "detail": record.detail if record.category == "transfer" else None,
         }
         for record in records
     ]
@@ -87,6 +104,12 @@ async def activity(
         newer=page - 1 if page > 1 else None,
         older=page + 1 if page * PAGE_SIZE < total else None,
     )
+
+
+def _result(record: AuditRecord) -> str:
+    if record.category == "transfer" and record.action in PROBLEMS:
+        return PROBLEMS[record.action]
+    return "Done" if record.outcome < 400 else "Refused"
 
 
 def _what(record: AuditRecord) -> str:
@@ -108,4 +131,6 @@ def _who(record: AuditRecord, apps: dict[str, str], shares: dict[str, str]) -> s
         return "A physician"
     if user.startswith("research/"):
         return "Research project " + (record.detail or "").split(":")[0]
+    if record.category == "transfer":
+        return "You" if user else "The gateway"
     return "You" if user or record.category in ("login", "consent", "share") else "Someone"

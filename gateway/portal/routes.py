@@ -23,7 +23,7 @@ from gateway.authorization import patient_access
 from gateway.dicomweb import routes as dicomweb_routes
 from gateway.errors import Held, NotFound
 from gateway.portal import activity as activity_page
-from gateway.portal import research_pages, shares_pages
+from gateway.portal import research_pages, shares_pages, sites_pages
 from gateway.portal.gates import PORTAL_COOKIE, ImageGate
 from gateway.portal.pages import (
     form_fields,
@@ -323,6 +323,7 @@ def routes() -> list[BaseRoute]:
         Route("/apps/{grant}/revoke", revoke_app, methods=["POST"]),
         *shares_pages.routes(),
         *research_pages.routes(),
+        *sites_pages.routes(),
         Route("/activity", activity_page.activity, methods=["GET"]),
         Route("/waive", waive, methods=["POST"]),
         Mount(

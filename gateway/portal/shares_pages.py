@@ -32,7 +32,7 @@ STATE_WORDS = {
 }
 
 
-async def _shareable(services: Services, account: Account) -> list[jacket.JacketStudy]:
+async def shareable(services: Services, account: Account) -> list[jacket.JacketStudy]:
     """The patient's studies that may be shared: their own, past the release delay."""
     access = await patient_access(services, account.patient_fhir_id or "")
     studies = jacket.lines(await services.records.studies.jacket(access))
@@ -78,7 +78,7 @@ async def _page(
         signed_in=True,
         csrf_token=browser.csrf_token,
         shares=shares,
-        studies=await _shareable(services, account),
+        studies=await shareable(services, account),
         days=services.shares.day_choices(),
         default_days=services.settings.share_days,
         can_mail=services.mailer.configured,
@@ -108,7 +108,7 @@ async def create(
     request: Request, services: Services, browser: BrowserSession, account: Account
 ) -> Response:
     fields: dict[str, Any] = request.state.form
-    own = {study.uid for study in await _shareable(services, account)}
+    own = {study.uid for study in await shareable(services, account)}
     chosen = [uid for uid in fields.get("study", []) if uid in own]
     days_text = str(fields.get("days", services.settings.share_days))
     try:

@@ -21,6 +21,8 @@ from gateway.store.models import (
     AuditRecord,
     Grant,
     OAuthClient,
+    Organization,
+    OrganizationSend,
     ResearchConsent,
     ResearchProject,
     ShareLink,
@@ -29,6 +31,7 @@ from gateway.store.models import (
 MAX_CONSENTS = 500
 SHARE_PREFIX = "share-"
 RESEARCH_PREFIX = "research-"
+SEND_PREFIX = "org-"
 
 
 @dataclass(frozen=True)
@@ -41,9 +44,18 @@ class GrantConsent:
 
 
 @dataclass(frozen=True)
+class SendConsent:
+    """Studies a patient (or staff for them) sent to an organization."""
+
+    send: OrganizationSend
+    organization: str  # its name
+
+
+@dataclass(frozen=True)
 class Consents:
     grants: list[GrantConsent]
     shares: list[ShareLink]
+    sends: list[SendConsent] = field(default_factory=list)
     # Donations to research projects, with the project's name.
     donations: list[tuple[ResearchConsent, str]] = field(default_factory=list)
 
@@ -103,13 +115,24 @@ class TrailRecords:
         newest first."""
         patients = _within(access, patient)
         if patients is not None and not patients:
-            return Consents([], [])
+            return Consents([], [], [])
         grants: list[GrantConsent] = []
         shares: list[ShareLink] = []
+        sends: list[SendConsent] = []
         donations: list[tuple[ResearchConsent, str]] = []
-        prefixed = consent_id is not None and consent_id.startswith((SHARE_PREFIX, RESEARCH_PREFIX))
+        kind = (
+            None
+            if consent_id is None
+            else "share"
+            if consent_id.startswith(SHARE_PREFIX)
+            else "send"
+            if consent_id.startswith(SEND_PREFIX)
+            else "research"
+            if consent_id.startswith(RESEARCH_PREFIX)
+            else "grant"
+        )
         async with self.sessions() as session:
-            if consent_id is None or consent_id.startswith(RESEARCH_PREFIX):
+            if kind in (None, "research"):
                 donated = (
                     select(ResearchConsent, ResearchProject.name)
                     .join(ResearchProject, ResearchProject.id == ResearchConsent.project_id)
@@ -125,7 +148,7 @@ class TrailRecords:
                 donations.extend(
                     (row, name) for row, name in (await session.execute(donated)).all()
                 )
-            if consent_id is None or not prefixed:
+            if kind in (None, "grant"):
                 query = (
                     select(Grant, OAuthClient.name, Account.patient_fhir_id)
                     .join(Account, Account.id == Grant.account_id)
@@ -140,11 +163,24 @@ class TrailRecords:
                     query = query.where(Grant.id == consent_id)
                 for grant, app, owner in (await session.execute(query)).all():
                     grants.append(GrantConsent(grant, app, owner or ""))
-            if consent_id is None or consent_id.startswith(SHARE_PREFIX):
+            if kind in (None, "share"):
                 links = select(ShareLink).order_by(ShareLink.created_at.desc()).limit(MAX_CONSENTS)
                 if patients is not None:
                     links = links.where(ShareLink.patient_fhir_id.in_(sorted(patients)))
                 if consent_id is not None:
                     links = links.where(ShareLink.id == consent_id.removeprefix(SHARE_PREFIX))
                 shares.extend(await session.scalars(links))
-        return Consents(grants, shares, donations)
+            if kind in (None, "send"):
+                sent = (
+                    select(OrganizationSend, Organization.name)
+                    .outerjoin(Organization, Organization.id == OrganizationSend.organization_id)
+                    .order_by(OrganizationSend.created_at.desc())
+                    .limit(MAX_CONSENTS)
+                )
+                if patients is not None:
+                    sent = sent.where(OrganizationSend.patient_fhir_id.in_(sorted(patients)))
+                if consent_id is not None:
+                    sent = sent.where(OrganizationSend.id == consent_id.removeprefix(SEND_PREFIX))
+                for send, name in (await session.execute(sent)).all():
+                    sends.append(SendConsent(send, name or send.organization_id))
+        return Consents(grants, shares, sends, donations)

@@ -445,3 +445,95 @@ class ResearchDelivery(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+# -- site to site (issue 14) --------------------------------------------------
+
+
+class Organization(Base):
+    """A site that receives studies: by pulling (its backend client, ``oauth_client`` with
+    ``organization_id`` = this id) and/or by a DICOMweb STOW-RS endpoint we push to.
+
+    ``stow_secret`` is sealed (JWE, ``gateway.auth.secrets.seal``): the static bearer
+    token, or the OAuth client secret, never stored or logged in clear.
+    """
+
+    __tablename__ = "organization"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    identifiers: Mapped[list[str]] = mapped_column(JSON, default=list)  # "system|value"
+    stow_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    stow_auth: Mapped[str] = mapped_column(String(16), default="none")  # none|bearer|oauth
+    token_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    oauth_client_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    oauth_scope: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    stow_secret: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class OrganizationSend(Base):
+    """A patient's consent that an organization receive chosen studies (FHIR Consent
+    ``org-{id}``): its backend client may pull them until expiry or revocation, and a
+    push job may carry them to its STOW-RS endpoint. ``sent_by`` is empty when the
+    patient sent them; otherwise the staff client that did, with ``reason``."""
+
+    __tablename__ = "organization_send"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    patient_fhir_id: Mapped[str] = mapped_column(String(64), index=True)
+    issuer: Mapped[str] = mapped_column(String(128), default="")
+    patient_id: Mapped[str] = mapped_column(String(128))
+    account_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    studies: Mapped[list[str]] = mapped_column(JSON, default=list)
+    sent_by: Mapped[str] = mapped_column(String(128), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class TransferJob(Base):
+    """A background push of studies by STOW-RS, claimed by one worker at a time.
+
+    ``status``: queued, running, done, partial (some instances refused), failed (with
+    ``last_error``) or cancelled (its consent withdrawn). A worker holds it while
+    ``lease_until`` is ahead; a crashed worker's job is taken over when it lapses.
+    ``transform`` names a registered per-instance transform (``identity`` by default).
+    """
+
+    __tablename__ = "transfer_job"
+    __table_args__ = (Index("ix_transfer_job_due", "status", "next_try_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    target_kind: Mapped[str] = mapped_column(String(32), default="organization")
+    target_id: Mapped[str] = mapped_column(String(64))
+    send_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    patient_fhir_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    studies: Mapped[list[str]] = mapped_column(JSON, default=list)
+    transform: Mapped[str] = mapped_column(String(64), default="identity")
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_try_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    lease_holder: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class TransferItem(Base):
+    """One instance of a push that the receiver answered for: stored (acknowledged, never
+    sent again) or refused (PS3.18 Failed SOP Sequence, with its reason)."""
+
+    __tablename__ = "transfer_item"
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), default="")
+    state: Mapped[str] = mapped_column(String(16))  # stored | refused
+    reason: Mapped[str] = mapped_column(String(200), default="")
