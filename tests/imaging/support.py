@@ -3,7 +3,7 @@
 Patient A is IMG-1 at HOSP-A, patient B the namesake IMG-1 at HOSP-B. A's CT
 study holds a report series numbered before its images (so ordering has
 something to do) and images in two transfer syntaxes; ``SHARED`` is one
-Study Instance UID that the archive holds for both A and B (partly visible).
+Study Instance UID that the archive holds for both A and C (partly visible).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ MR = "1.2.840.10008.5.1.4.1.1.4"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 A = ("HOSP-A", "IMG-1")
 B = ("HOSP-B", "IMG-1")
+C = ("HOSP-A", "IMG-2")  # another PatientID: Orthanc keys a study by PatientID and UID
 PATIENT_SCOPES = "launch/patient patient/ImagingStudy.rs patient/DocumentReference.rs"
 
 
@@ -53,7 +54,7 @@ def _instance(
     ds.InstanceNumber = index + 1
     ds.Modality = series.modality
     ds.PatientID, ds.IssuerOfPatientID = patient[1], patient[0]
-    ds.PatientName = "Able^Alice" if patient == A else "Baker^Bea"
+    ds.PatientName = {A: "Able^Alice", B: "Baker^Bea"}.get(patient, "Cole^Cy")
     ds.PatientBirthDate = "19700101"
     ds.PatientSex = "F"
     ds.StudyDate = ds.SeriesDate = "20240105"
@@ -111,6 +112,6 @@ def datasets(shared: bool = False) -> list[Dataset]:
     if shared:
         found += [
             *study(A, SHARED, "ACC-S", Series(1, "MR", MR, 1)),
-            *study(B, SHARED, "ACC-S", Series(2, "MR", MR, 1)),
+            *study(C, SHARED, "ACC-S", Series(2, "MR", MR, 1)),
         ]
     return found
