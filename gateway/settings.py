@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     pacs_retry_after_seconds: Annotated[int, Field(ge=1, le=3600)] = Field(
         10, description="The Retry-After of that 503, in seconds."
     )
+    capability_lifetime_seconds: Annotated[int, Field(ge=10, le=86400)] = Field(
+        900,
+        description=(
+            "Longest life of a WADO-RS capability URL (never past the token or share "
+            "that asked for it)."
+        ),
+    )
     upstream_pool_size: Annotated[int, Field(ge=1, le=256)] = 16
     database_url: str | None = Field(
         None, description="SQLAlchemy async URL; empty: SQLite file in the data folder."

@@ -40,6 +40,9 @@ SEARCH_PARAMETERS: dict[str, tuple[str, str]] = {
     ),
 }
 INCLUDES = ("ImagingStudy:subject", "ImagingStudy:endpoint")
+# RFC 7240 preference an app sends to get each study's contained Endpoint as a bearer
+# capability URL (requires-access-token = false) instead of the token-protected base.
+CAPABILITY_PREFERENCE = "wado-capability=bearer"
 STATUS_SYSTEM = "http://hl7.org/fhir/imagingstudy-status"
 
 
@@ -223,6 +226,22 @@ class MappedStudies:
 
 
 _MAPPED = MappedStudies()
+
+
+def wants_capability(prefer: str) -> bool:
+    """Does the ``Prefer`` header ask for capability URLs?"""
+    asked = {p.strip().replace(" ", "").lower() for p in prefer.split(",")}
+    return CAPABILITY_PREFERENCE in asked
+
+
+def with_capability(resource: Resource, url: str, context: MappingContext) -> Resource:
+    """The study with its contained Endpoint made the capability URL ``url``; the shared
+    Endpoint it also names stays the token-protected one."""
+    contained = {
+        **mapping.endpoint(context, address=url, requires_access_token=False),
+        "id": mapping.CONTAINED_ENDPOINT_ID,
+    }
+    return {**resource, "contained": [contained]}
 
 
 def subjects(page: StudyPage) -> list[Resource]:
