@@ -226,9 +226,9 @@ def capability_access(capability: Capability, needed: Requirement) -> Access:
     patients = capability.patient_fhir_ids
     return Access(
         visibility=Visibility(patients=capability.patients, studies=capability.studies),
+        # The trail names the app that asked for the capability, as for its token.
         actor=Actor(
             client_id=capability.client_id,
-            user=f"capability/{capability.id}",
             patient=next(iter(patients)) if len(patients) == 1 else None,
         ),
         permits=permits,

@@ -149,3 +149,18 @@ def test_capability_urls_are_masked_in_logs() -> None:
 
     line = f'"GET /dicomweb/cap/{"a" * 43}/studies/{CT_STUDY} HTTP/1.1" 200'
     assert "a" * 43 not in redact(line) and CT_STUDY in redact(line)
+
+
+def test_a_capability_read_is_audited_as_the_app_for_the_patient(imaging: Imaging) -> None:
+    harness = imaging.harness
+    token = harness.patient_token(imaging.a, PATIENT_SCOPES)
+    base = base_of(capability_search(imaging, token))
+    system = {"Authorization": f"Bearer {harness.backend_token('system/*.rs')['access_token']}"}
+    trail = f"/fhir/AuditEvent?patient={imaging.a}&agent={token['client_id']}&_count=200"
+
+    def events() -> int:
+        return int(harness.client.get(trail, headers=system).json()["total"])
+
+    before = events()
+    assert harness.client.get(f"{base}/studies/{MR_STUDY}/metadata").status_code == 200
+    assert events() == before + 1
