@@ -23,6 +23,7 @@ from gateway.audit import AuditMiddleware
 from gateway.auth import routes as auth_routes
 from gateway.auth.enforcement import BearerTokenMiddleware
 from gateway.body_timeout import BodyTimeoutMiddleware
+from gateway.dicomweb import capability_gate
 from gateway.dicomweb import routes as dicomweb_routes
 from gateway.donation import routes as research_routes
 from gateway.fhir import routes as fhir_routes
@@ -114,6 +115,7 @@ def create_app(
                     Middleware(BearerTokenMiddleware),
                 ],
             ),
+            *capability_gate.routes(error_handlers.audit_failure),
             Mount(
                 "/dicomweb",
                 routes=dicomweb_routes.routes(),
@@ -141,7 +143,7 @@ def create_app(
                 allow_origins=settings.cors_origins.split(),
                 allow_methods=["GET", "POST", "OPTIONS"],
                 allow_headers=["Authorization", "Content-Type", "Accept", "Prefer"],
-                expose_headers=["Location", "WWW-Authenticate", "Warning"],
+                expose_headers=["Location", "WWW-Authenticate", "Warning", "Preference-Applied"],
                 max_age=600,
             ),
         ],

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -41,6 +42,7 @@ from gateway.records.access import (
     Access,
     Visibility,
 )
+from gateway.store.capabilities import Capability
 from gateway.store.models import ShareLink
 
 if TYPE_CHECKING:
@@ -86,12 +88,21 @@ class ShareRecipient:
     share: ShareLink
 
 
-Principal = TokenHolder | InvalidToken | PortalPatient | ShareRecipient
+@dataclass(frozen=True)
+class CapabilityHolder:
+    """Whoever follows a WADO-RS capability URL (records/capabilities.py)."""
+
+    capability: Capability
+
+
+Principal = TokenHolder | InvalidToken | PortalPatient | ShareRecipient | CapabilityHolder
 
 
 def principal_of(request: Request) -> Principal | None:
     found = request.scope.get("state", {}).get("principal")
-    if isinstance(found, TokenHolder | InvalidToken | PortalPatient | ShareRecipient):
+    if isinstance(
+        found, TokenHolder | InvalidToken | PortalPatient | ShareRecipient | CapabilityHolder
+    ):
         return found
     return None
 
@@ -139,6 +150,8 @@ async def decide(request: Request, services: Services, needed: Requirement) -> A
         return await patient_access(services, principal.patient)
     if isinstance(principal, ShareRecipient):
         return await share_access(services, principal.share)
+    if isinstance(principal, CapabilityHolder):
+        return capability_access(principal.capability, needed)
     if isinstance(principal, TokenHolder):
         return await _token_access(request, services, principal.grant, needed)
     if isinstance(principal, InvalidToken):
@@ -183,6 +196,46 @@ async def share_access(services: Services, share: ShareLink) -> Access:
         permits=lambda kind, action: (kind, action) in SHARED_PERMISSIONS,
         patients=frozenset({share.patient_fhir_id}),
         purpose=PATIENT_REQUEST,  # the patient chose to give these studies
+    )
+
+
+def authorized_until(grant: AccessGrant) -> datetime | None:
+    """When what the token allows ends: the token's expiry, or the patient's chosen end
+    of the consent if sooner (a capability it issues may not outlive either)."""
+    ends = [grant.expires_at]
+    chosen = grant.context.get("consent_until")
+    if chosen:
+        try:
+            end = datetime.fromisoformat(str(chosen))
+            ends.append(end if end.tzinfo else end.replace(tzinfo=UTC))
+        except ValueError:
+            return None
+    known = [end for end in ends if end is not None]
+    return min(known) if len(known) == len(ends) else None
+
+
+def capability_access(capability: Capability, needed: Requirement) -> Access:
+    """A capability URL: reading its studies (reports only if its issuer could), nothing
+    else; what it does not cover answers 404 like anything unknown."""
+
+    def permits(kind: str, action: str) -> bool:
+        if action not in "rs":
+            return False
+        return kind == "ImagingStudy" or (kind == "DocumentReference" and capability.reports)
+
+    if not permits(needed.resource_type, needed.action):
+        raise Forbidden("A capability URL allows reading its studies only.")
+    patients = capability.patient_fhir_ids
+    return Access(
+        visibility=Visibility(patients=capability.patients, studies=capability.studies),
+        # The trail names the app that asked for the capability, as for its token.
+        actor=Actor(
+            client_id=capability.client_id,
+            patient=next(iter(patients)) if len(patients) == 1 else None,
+        ),
+        permits=permits,
+        patients=patients,
+        purpose=capability.purpose,
     )
 
 

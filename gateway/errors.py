@@ -103,8 +103,14 @@ class UpstreamUnavailable(UpstreamError):
 
 
 class UpstreamTimeout(UpstreamError):
-    status = 504
+    """The PACS did not answer within its budget (GATEWAY_PACS_TIMEOUT_SECONDS): 503 and
+    when to ask again, as SMART Imaging Access says for a server waiting on its PACS."""
+
+    status = 503
     code = "timeout"
+
+    def __init__(self, message: str, retry_after: int = 10) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
 class ServiceUnavailable(GatewayError):

@@ -1,6 +1,7 @@
 """Log hygiene: a secret that travels in a URL or a header never reaches the logs.
 
-A share link's path carries its token (``/share/{token}``), a careless client
+A share link's path carries its token (``/share/{token}``), a capability URL its
+secret (``/dicomweb/cap/{secret}``), a careless client
 may put an access token, a code or a PIN in a query string (``?access_token=``,
 which the gateway refuses, but uvicorn's access log writes the request line
 first), and an ``Authorization`` value may end up in a message. An access log
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 
-_SHARE_TOKEN = re.compile(r"(/share/)[A-Za-z0-9_-]{20,}")
+_SHARE_TOKEN = re.compile(r"(/share/|/dicomweb/cap/)[A-Za-z0-9_-]{20,}")
 # Query or form parameters whose value is a credential.
 _SECRET_PARAMETER = re.compile(
     r"(?i)(^|[?&;\s\"'])((?:access_token|refresh_token|id_token|code|access_code|pin|token"

@@ -59,6 +59,23 @@ class Settings(BaseSettings):
     upstream_token: SecretStr | None = None
     upstream_connect_timeout: Annotated[float, Field(gt=0)] = 5.0
     upstream_read_timeout: Annotated[float, Field(gt=0)] = 60.0
+    pacs_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        20.0,
+        description=(
+            "Budget for the PACS to answer a search whole, or to start a retrieval's "
+            "answer; past it the client gets 503 with Retry-After."
+        ),
+    )
+    pacs_retry_after_seconds: Annotated[int, Field(ge=1, le=3600)] = Field(
+        10, description="The Retry-After of that 503, in seconds."
+    )
+    capability_lifetime_seconds: Annotated[int, Field(ge=10, le=86400)] = Field(
+        900,
+        description=(
+            "Longest life of a WADO-RS capability URL (never past the token or share "
+            "that asked for it)."
+        ),
+    )
     upstream_pool_size: Annotated[int, Field(ge=1, le=256)] = 16
     database_url: str | None = Field(
         None, description="SQLAlchemy async URL; empty: SQLite file in the data folder."

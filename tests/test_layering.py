@@ -48,7 +48,13 @@ INTERNALS = frozenset({"upstream", "database", "sessions", "engine", "jackets", 
 DATA_MOUNTS = ("/fhir", "/dicomweb", "/portal/dicomweb", "/share/dicomweb")
 # Routes under those mounts that serve no patient data (and so need no Access).
 OPEN_ROUTES = frozenset(
-    {"/fhir/metadata", "/fhir/.well-known/smart-configuration", "/fhir/{path:path}"}
+    {
+        "/fhir/metadata",
+        "/fhir/.well-known/smart-configuration",
+        "/fhir/{path:path}",
+        # DELETE ends a capability URL for whoever holds it; it reads no patient data.
+        "/dicomweb/cap/{secret}",
+    }
 )
 
 

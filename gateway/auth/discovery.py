@@ -24,6 +24,11 @@ CAPABILITIES = [
     "permission-v1",
     "permission-v2",
     "authorize-post",
+    # SMART Imaging Access 0.1: this FHIR endpoint serves ImagingStudy itself (its
+    # DICOMweb root is on the same server), so the strings go in the top-level list.
+    "smart-imaging-access",
+    "http://fhir.org/argonaut/smart-imaging/capabilities/app-launch",
+    "http://fhir.org/argonaut/smart-imaging/capabilities/backend-services",
 ]
 # How clients authenticate at the token, introspection and revocation endpoints.
 CLIENT_AUTH_METHODS = ("client_secret_basic", "private_key_jwt", "none")

@@ -58,8 +58,14 @@ class HttpUpstream:
         session: requests.Session | None = None,
         timeout: tuple[float, float] = (5.0, 60.0),
         concurrency: int = 16,
+        budget: float | None = None,
+        retry_after: int = 10,
     ) -> None:
         self.url = url.rstrip("/")
+        # How long a search's whole answer, or a retrieval's first line and headers, may
+        # take: past it the client gets 503 + Retry-After rather than a held connection.
+        self._budget = budget
+        self._retry_after = retry_after
         self._session = session or requests.Session()
         self._client = DICOMwebClient(url=self.url, session=self._session, timeout=timeout)
         # Its retries back off for ~30 s, even on a refused connection. A gateway
@@ -101,6 +107,8 @@ class HttpUpstream:
             session=session,
             timeout=(settings.upstream_connect_timeout, settings.upstream_read_timeout),
             concurrency=settings.upstream_pool_size,
+            budget=settings.pacs_timeout_seconds,
+            retry_after=settings.pacs_retry_after_seconds,
         )
 
     async def _call(self, function: Callable[[], T]) -> T:
@@ -195,7 +203,7 @@ class HttpUpstream:
         request = self._http.build_request(
             "POST", f"{self.url}/studies", content=body, headers=headers
         )
-        response = await self._send(request, stream=False)
+        response = await self._send(request, stream=False, budget=False)  # uploads take long
         if response.status_code not in (200, 202, 409):
             raise _retrieve_error(response.status_code, "")
         try:
@@ -217,14 +225,26 @@ class HttpUpstream:
         return Retrieved(media_type, _whole(response, media_type, path), response.aclose)
 
     async def _send(
-        self, request: httpx.Request, *, stream: bool, follow_redirects: bool = False
+        self,
+        request: httpx.Request,
+        *,
+        stream: bool,
+        follow_redirects: bool = False,
+        budget: bool = True,
     ) -> httpx.Response:
+        slow = UpstreamTimeout("The image archive did not answer in time.", self._retry_after)
         try:
-            return await self._http.send(request, stream=stream, follow_redirects=follow_redirects)
+            with anyio.fail_after(self._budget if budget else None):
+                return await self._http.send(
+                    request, stream=stream, follow_redirects=follow_redirects
+                )
+        except TimeoutError:  # the budget
+            logger.warning("the image archive did not answer within %ss", self._budget)
+            raise slow from None
         except httpx.ConnectTimeout:
             raise UpstreamUnavailable("The image archive did not accept a connection.") from None
         except httpx.TimeoutException:
-            raise UpstreamTimeout("The image archive did not answer in time.") from None
+            raise slow from None
         except httpx.TransportError:
             raise UpstreamUnavailable("The image archive is unreachable.") from None
 

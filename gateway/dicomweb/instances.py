@@ -39,6 +39,7 @@ PART_END = None  # what ``Parts.feed`` gives where a part ends
 META_START = 132
 GROUP_LENGTH_END = META_START + 12
 MEDIA_STORAGE_SOP_INSTANCE_UID = 0x00020003
+TRANSFER_SYNTAX_UID = 0x00020010
 # The file meta is a few hundred bytes; one that does not fit here is not believed.
 MAX_META_BYTES = 64 << 10
 
@@ -123,29 +124,51 @@ class SinglePart:
 def named_instance(head: bytes | bytearray, complete: bool) -> str | None:
     """The SOP Instance UID the file meta of a Part 10 file names, from the file's first
     bytes; None while ``head`` (all of the file when ``complete``) is too short to tell."""
+    found = file_meta(head, complete)
+    return found[0] if found else None
+
+
+def file_meta(head: bytes | bytearray, complete: bool) -> tuple[str, str | None] | None:
+    """The SOP Instance UID and Transfer Syntax UID (None if absent) of a Part 10 file's
+    meta, from its first bytes; None while ``head`` is too short to tell.
+
+    An archive relays what it was sent: Orthanc serves an instance stored without its
+    preamble and "DICM" (dicomweb-client's STOW writes them so) as the file meta alone,
+    so the meta may start at 132 (the PS3.10 form), at 4 ("DICM" only) or at 0."""
     if len(head) < GROUP_LENGTH_END and not complete:
         return None
-    if head[128:META_START] != b"DICM":
+    if head[128:META_START] == b"DICM":
+        start = META_START
+    elif head[:4] == b"DICM":
+        start = 4
+    elif head[:2] == b"\x02\x00":
+        start = 0
+    else:
         raise unreadable()
     end = MAX_META_BYTES
-    if head[META_START : META_START + 6] == b"\x02\x00\x00\x00UL":
-        end = GROUP_LENGTH_END + int.from_bytes(head[140:GROUP_LENGTH_END], "little")
+    if head[start : start + 6] == b"\x02\x00\x00\x00UL":
+        end = start + 12 + int.from_bytes(head[start + 8 : start + 12], "little")
     # Without its group length (some writers leave it out) the meta ends where group
     # 0002 does, somewhere before MAX_META_BYTES.
     if len(head) < min(end, MAX_META_BYTES) and not complete:
         return None
-    meta = BytesIO(bytes(head[META_START : min(end, MAX_META_BYTES)]))
+    meta = BytesIO(bytes(head[start : min(end, MAX_META_BYTES)]))
+    found: dict[int, str] = {}
     try:
         for element in data_element_generator(
             meta, False, True, stop_when=lambda tag, vr, length: tag.group != 2
         ):
-            if element.tag == MEDIA_STORAGE_SOP_INSTANCE_UID and isinstance(element.value, bytes):
-                uid = element.value.decode("ascii", "replace").strip("\0 ")
-                if is_uid(uid):
-                    return uid
+            if element.tag in (MEDIA_STORAGE_SOP_INSTANCE_UID, TRANSFER_SYNTAX_UID) and isinstance(
+                element.value, bytes
+            ):
+                found[element.tag] = element.value.decode("ascii", "replace").strip("\0 ")
     except (ValueError, KeyError, EOFError, OSError, struct.error):
-        pass
-    raise unreadable()
+        raise unreadable() from None
+    uid = found.get(MEDIA_STORAGE_SOP_INSTANCE_UID, "")
+    syntax = found.get(TRANSFER_SYNTAX_UID)
+    if not is_uid(uid):
+        raise unreadable()
+    return uid, syntax if syntax and is_uid(syntax) else None
 
 
 @asynccontextmanager

@@ -1,8 +1,9 @@
 """The data plane handed to nginx: the gateway decides, nginx moves the bytes.
 
-With ``GATEWAY_OFFLOAD=nginx``, a WADO-RS retrieval (study, series, instance),
-frames or bulk data that the records layer has decided is wholly the
-caller's is answered with an empty response carrying ``X-Accel-Redirect``.
+With ``GATEWAY_OFFLOAD=nginx``, a WADO-RS retrieval (series, instance), frames
+or bulk data that the records layer has decided is wholly the caller's is
+answered with an empty response carrying ``X-Accel-Redirect``. (A full study
+is assembled by the gateway from one answer per series: records/full_study.py.)
 nginx then fetches that path from the PACS through an ``internal`` location
 (``deploy/nginx.conf``) and streams the PACS's answer to the client, with the
 gateway's CORS and security headers copied over. Clients cannot call that

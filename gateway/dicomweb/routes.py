@@ -277,9 +277,16 @@ def viewing_routes() -> list[BaseRoute]:
 
 def routes() -> list[BaseRoute]:
     return [
-        Route("/studies", qido_endpoint("study"), methods=["GET"]),
         Route("/studies", store_instances, methods=["POST"]),
         Route("/studies/{study}", store_instances, methods=["POST"]),
+        *read_routes(),
+    ]
+
+
+def read_routes() -> list[BaseRoute]:
+    """QIDO-RS and every WADO-RS retrieval: what a capability URL may reach."""
+    return [
+        Route("/studies", qido_endpoint("study"), methods=["GET"]),
         Route("/series", qido_endpoint("series"), methods=["GET"]),
         Route("/instances", qido_endpoint("instance"), methods=["GET"]),
         Route("/studies/{study}/series", qido_endpoint("series"), methods=["GET"]),

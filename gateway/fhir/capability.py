@@ -5,9 +5,21 @@ from __future__ import annotations
 from gateway import __version__
 from gateway.audit import SEARCH_PARAMETERS as AUDIT_SEARCH
 from gateway.fhir import consents, documents, patients, studies
-from gateway.fhir.mapping import Resource
+from gateway.fhir.mapping import (
+    ENDPOINT_PROFILE,
+    SERVER_REQUIREMENTS,
+    STUDY_PROFILE,
+    Resource,
+)
 
 SOFTWARE_NAME = "Image Share Gateway"
+IMAGING_STUDY_DOCUMENTATION = (
+    "SMART Imaging Access 0.1: search by patient, alone or with _lastUpdated and "
+    "identifier (urn:oid:{Study Instance UID}, or an accession number); "
+    "_include=ImagingStudy:endpoint. Each study carries its WADO-RS Endpoint contained "
+    "too. A patient token naming another patient gets 403. When the archive does not "
+    "answer within its budget the answer is 503 with Retry-After."
+)
 
 
 def capability_statement(
@@ -38,6 +50,7 @@ def capability_statement(
         "date": published,
         "publisher": "Image Share Gateway project",
         "kind": "instance",
+        "instantiates": [SERVER_REQUIREMENTS],
         "software": {"name": SOFTWARE_NAME, "version": __version__},
         "implementation": {"description": "Image Share Gateway FHIR facade", "url": fhir_base_url},
         "fhirVersion": "4.0.1",
@@ -51,9 +64,15 @@ def capability_statement(
                         "ImagingStudy",
                         studies.SEARCH_PARAMETERS,
                         searchInclude=list(studies.INCLUDES),
+                        supportedProfile=[STUDY_PROFILE],
+                        documentation=IMAGING_STUDY_DOCUMENTATION,
                     ),
                     resource("Patient", patients.SEARCH_PARAMETERS),
-                    resource("Endpoint", {"_id": ("token", "The endpoint's id")}),
+                    resource(
+                        "Endpoint",
+                        {"_id": ("token", "The endpoint's id")},
+                        supportedProfile=[ENDPOINT_PROFILE],
+                    ),
                     resource("DocumentReference", documents.SEARCH_PARAMETERS),
                     resource("AuditEvent", AUDIT_SEARCH),
                     resource("Consent", consents.SEARCH_PARAMETERS),

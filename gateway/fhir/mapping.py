@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -19,6 +20,14 @@ from gateway.fhir import terminology as terms
 
 Resource = dict[str, Any]
 ENDPOINT_ID = "dicomweb"
+# The id of the WADO-RS Endpoint each ImagingStudy carries contained.
+CONTAINED_ENDPOINT_ID = "wado-rs"
+# SMART Imaging Access 0.1 (http://fhir.org/argonaut/smart-imaging)
+SMART_IMAGING = "http://fhir.org/argonaut/smart-imaging"
+STUDY_PROFILE = f"{SMART_IMAGING}/StructureDefinition/smart-imaging-study"
+ENDPOINT_PROFILE = f"{SMART_IMAGING}/StructureDefinition/smart-wado-endpoint"
+REQUIRES_ACCESS_TOKEN = f"{SMART_IMAGING}/StructureDefinition/requires-access-token"
+SERVER_REQUIREMENTS = f"{SMART_IMAGING}/CapabilityStatement/smart-imaging-server"
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,12 @@ def imaging_study(
     resource: Resource = {
         "resourceType": "ImagingStudy",
         "id": uid,
+        "meta": {"profile": [STUDY_PROFILE]},
+        # The reference stack's clients read only a contained Endpoint; others follow
+        # the shared one (``_include=ImagingStudy:endpoint``). Both name the same service.
+        "contained": [
+            {**endpoint(context), "id": CONTAINED_ENDPOINT_ID},
+        ],
         "identifier": _study_identifiers(study, uid),
         "status": "available",
     }
@@ -77,7 +92,10 @@ def imaging_study(
     interpreters = dj.texts(study, "NameOfPhysiciansReadingStudy")
     if interpreters:
         resource["interpreter"] = [{"display": dj.display_name(n)} for n in interpreters]
-    resource["endpoint"] = [{"reference": f"Endpoint/{ENDPOINT_ID}"}]
+    resource["endpoint"] = [
+        {"reference": f"#{CONTAINED_ENDPOINT_ID}"},
+        {"reference": f"Endpoint/{ENDPOINT_ID}"},
+    ]
     number_of_series = dj.integer(study, "NumberOfStudyRelatedSeries")
     number_of_instances = dj.integer(study, "NumberOfStudyRelatedInstances")
     if number_of_series is None and series:
@@ -127,11 +145,24 @@ def patient(study: DicomJson, fhir_id: str) -> Resource:
     return resource
 
 
-def endpoint(context: MappingContext) -> Resource:
-    """The gateway's own DICOMweb service, where ImagingStudy.endpoint points."""
+def instant(at: datetime) -> str:
+    """A FHIR instant in UTC, to the millisecond (meta.lastUpdated)."""
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def endpoint(
+    context: MappingContext, *, address: str | None = None, requires_access_token: bool = True
+) -> Resource:
+    """The gateway's own DICOMweb service, where ImagingStudy.endpoint points (a
+    SMART WADO-RS Endpoint: the app appends ``/studies/{uid}`` to ``address``).
+
+    ``requires_access_token`` False: ``address`` is a bearer capability URL, which the
+    app follows without its token."""
     return {
         "resourceType": "Endpoint",
         "id": ENDPOINT_ID,
+        "meta": {"profile": [ENDPOINT_PROFILE]},
+        "extension": [{"url": REQUIRES_ACCESS_TOKEN, "valueBoolean": requires_access_token}],
         "status": "active",
         "connectionType": {
             "system": terms.ENDPOINT_CONNECTION_TYPE,
@@ -152,7 +183,7 @@ def endpoint(context: MappingContext) -> Resource:
             }
         ],
         "payloadMimeType": ["application/dicom", "application/dicom+json"],
-        "address": context.dicomweb_url,
+        "address": address or context.dicomweb_url,
     }
 
 

@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.audit import SEARCH_PARAMETERS as AUDIT_SEARCH
 from gateway.audit import audit_event
 from gateway.auth import discovery
-from gateway.authorization import requires
+from gateway.authorization import TokenHolder, authorized_until, principal_of, requires
 from gateway.errors import BadRequest, GatewayError, NotFound
 from gateway.fhir import bundle, consents, documents, mapping, params, patients, studies
 from gateway.fhir.capability import capability_statement
@@ -113,12 +113,26 @@ async def search_imaging_study(request: Request, services: Services, access: Acc
         includes.extend(studies.subjects(result))
     if "ImagingStudy:endpoint" in wanted_includes and result.studies:
         includes.append(mapping.endpoint(services.mapping_context))
+    matches = studies.resources(result, services.mapping_context)
+    headers = {}
+    holder = principal_of(request)
+    if studies.wants_capability(request.headers.get("prefer", "")) and result.studies:
+        if not isinstance(holder, TokenHolder):
+            raise BadRequest("A capability URL is issued only to a request with an access token.")
+        url = await services.records.capabilities.issue(
+            access,
+            [detail.summary for detail in result.studies],
+            until=authorized_until(holder.grant),
+            grant_id=holder.grant.grant_id,
+        )
+        matches = [studies.with_capability(m, url, services.mapping_context) for m in matches]
+        headers["Preference-Applied"] = studies.CAPABILITY_PREFERENCE
     return FhirResponse(
         bundle.searchset(
             base_url=settings.fhir_base_url,
             resource_type="ImagingStudy",
             query=query.used_items(),
-            matches=studies.resources(result, services.mapping_context),
+            matches=matches,
             includes=includes,
             total=None if result.truncated else result.total,
             offset=page.offset,
@@ -129,7 +143,8 @@ async def search_imaging_study(request: Request, services: Services, access: Acc
                 if result.truncated
                 else None
             ),
-        )
+        ),
+        headers=headers,
     )
 
 

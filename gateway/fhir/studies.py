@@ -10,7 +10,7 @@ caller's access.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, timedelta
 from zoneinfo import ZoneInfo
 
@@ -33,8 +33,16 @@ SEARCH_PARAMETERS: dict[str, tuple[str, str]] = {
     "modality": ("token", "A modality in the study (DICOM code)"),
     "series": ("token", "A SeriesInstanceUID in the study"),
     "status": ("token", "registered | available | cancelled | entered-in-error | unknown"),
+    "_lastUpdated": (
+        "date",
+        "meta.lastUpdated: when the gateway last saw the study change, or when it was "
+        "released to its patient, whichever is later (e.g. gt2023-04-17T04:00:00Z)",
+    ),
 }
 INCLUDES = ("ImagingStudy:subject", "ImagingStudy:endpoint")
+# RFC 7240 preference an app sends to get each study's contained Endpoint as a bearer
+# capability URL (requires-access-token = false) instead of the token-protected base.
+CAPABILITY_PREFERENCE = "wado-capability=bearer"
 STATUS_SYSTEM = "http://hl7.org/fhir/imagingstudy-status"
 
 
@@ -48,6 +56,7 @@ class StudyCriteria:
     # Each group is one ``identifier`` value: its alternatives are ORed, groups ANDed.
     identifiers: list[tuple[set[str], list[Token]]] = field(default_factory=list)
     dates: list[DateFilter] = field(default_factory=list)
+    updated: list[DateFilter] = field(default_factory=list)
     modalities: list[list[Token]] = field(default_factory=list)
     status_ok: bool = True
     sort_descending: bool = True
@@ -73,6 +82,8 @@ def parse(request: SearchRequest, base_url: str) -> StudyCriteria:
             criteria.patient_groups.append(set(params.references(name, value, "Patient", base_url)))
     for value in request.all("started"):
         criteria.dates.append(params.date_filter("started", value))
+    for value in request.all("_lastUpdated"):
+        criteria.updated.append(params.date_filter("_lastUpdated", value))
     for value in request.all("modality"):
         criteria.modalities.append(params.tokens("modality", value))
     for value in request.all("status"):
@@ -122,7 +133,17 @@ def study_query(criteria: StudyCriteria, local_zone: ZoneInfo | None) -> StudyQu
                 for t in alternatives
             ):
                 return False
-        return all(f.accepts(moment(study), fallback_zone) for f in criteria.dates)
+        if not all(f.accepts(moment(study), fallback_zone) for f in criteria.dates):
+            return False
+        if criteria.updated:
+            updated = last_updated_moment(study)
+            return all(f.accepts(updated, UTC) for f in updated_filters)
+        return True
+
+    # A _lastUpdated value without a zone is a time in UTC, the zone meta.lastUpdated is in.
+    updated_filters = [
+        DateFilter(f.prefix, replace(f.moment, zone=f.moment.zone or UTC)) for f in criteria.updated
+    ]
 
     return StudyQuery(
         study_uids=frozenset()
@@ -137,18 +158,34 @@ def study_query(criteria: StudyCriteria, local_zone: ZoneInfo | None) -> StudyQu
         date_range=_qido_date_range(criteria.dates),
         accepts=accepts,
         newest_first=criteria.sort_descending,
+        uses_updated=bool(criteria.updated),
     )
 
 
+def last_updated_moment(study: StudySummary) -> Moment | None:
+    """The study's meta.lastUpdated as a moment of one millisecond (what searches compare)."""
+    at = study.last_updated
+    if at is None:
+        return None
+    start = at.astimezone(UTC).replace(tzinfo=None)
+    return Moment(start, start + timedelta(milliseconds=1), UTC)
+
+
 def resources(page: StudyPage, context: MappingContext) -> list[Resource]:
-    return [
-        _MAPPED.imaging_study(
+    found = []
+    for detail in page.studies:
+        resource = _MAPPED.imaging_study(
             detail,
             page.patient_ids.get(detail.summary.patient) if detail.summary.patient else None,
             context,
         )
-        for detail in page.studies
-    ]
+        at = detail.summary.last_updated
+        if at is not None:
+            # The mapped resource is shared (MappedStudies): a copy carries the time.
+            meta = {**resource["meta"], "lastUpdated": mapping.instant(at)}
+            resource = {**resource, "meta": meta}
+        found.append(resource)
+    return found
 
 
 class MappedStudies:
@@ -189,6 +226,22 @@ class MappedStudies:
 
 
 _MAPPED = MappedStudies()
+
+
+def wants_capability(prefer: str) -> bool:
+    """Does the ``Prefer`` header ask for capability URLs?"""
+    asked = {p.strip().replace(" ", "").lower() for p in prefer.split(",")}
+    return CAPABILITY_PREFERENCE in asked
+
+
+def with_capability(resource: Resource, url: str, context: MappingContext) -> Resource:
+    """The study with its contained Endpoint made the capability URL ``url``; the shared
+    Endpoint it also names stays the token-protected one."""
+    contained = {
+        **mapping.endpoint(context, address=url, requires_access_token=False),
+        "id": mapping.CONTAINED_ENDPOINT_ID,
+    }
+    return {**resource, "contained": [contained]}
 
 
 def subjects(page: StudyPage) -> list[Resource]:

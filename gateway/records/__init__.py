@@ -19,6 +19,7 @@ it:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -27,6 +28,7 @@ from gateway.audit import Auditor
 from gateway.dicomweb.offload import Offloader
 from gateway.dicomweb.upstream import Upstream
 from gateway.records.access import Access, Visibility
+from gateway.records.capabilities import CapabilityRecords
 from gateway.records.documents import DocumentRecords
 from gateway.records.images import ImageRecords
 from gateway.records.jacket import Jackets
@@ -36,6 +38,7 @@ from gateway.records.studies import StudyRecords
 from gateway.records.study_cache import StudyDetailCache
 from gateway.records.trail import TrailRecords
 from gateway.settings import Offload, Settings
+from gateway.store.capabilities import CapabilityStore
 from gateway.store.patients import PatientIndex
 from gateway.store.study_index import StudyIndex
 
@@ -50,6 +53,7 @@ class Records:
     patients: PatientRecords
     images: ImageRecords
     trail: TrailRecords
+    capabilities: CapabilityRecords
 
     @classmethod
     def build(
@@ -86,4 +90,11 @@ class Records:
                 Offloader(settings.offload_prefix) if settings.offload is Offload.nginx else None,
             ),
             trail=TrailRecords(auditor, sessions),
+            capabilities=CapabilityRecords(
+                CapabilityStore(sessions),
+                index,
+                release.clock,
+                timedelta(seconds=settings.capability_lifetime_seconds),
+                settings.dicomweb_base_url,
+            ),
         )

@@ -24,7 +24,7 @@ confirm that a study exists.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -32,8 +32,17 @@ from gateway.audit import Actor
 from gateway.dicomweb import dicomjson as dj
 from gateway.dicomweb.dicomjson import DicomJson, PatientKey, patient_key
 from gateway.dicomweb.matching import matches
+from gateway.errors import Forbidden
 
-__all__ = ["CHECK_FIELDS", "Access", "PatientKey", "Seen", "Visibility", "patient_key"]
+__all__ = [
+    "CHECK_FIELDS",
+    "Access",
+    "PatientKey",
+    "Seen",
+    "Visibility",
+    "only_own_patients",
+    "patient_key",
+]
 # What narrowed queries must return so that ``permits`` can check each result.
 CHECK_FIELDS = ("StudyInstanceUID", "PatientID", "IssuerOfPatientID")
 
@@ -158,6 +167,19 @@ class Access:
 
     def may(self, resource_type: str, action: str) -> bool:
         return self.permits(resource_type, action)
+
+
+def only_own_patients(access: Access, patient_groups: Iterable[Iterable[str]]) -> None:
+    """A search naming patients (``patient=``, ``subject=``) by a caller confined to
+    patients (a patient token): every patient named must be one of the caller's, or
+    the search is refused with 403 (SMART Imaging Access: "a mismatch receives 403
+    Forbidden, not an empty Bundle"). Reads of one study still answer 404."""
+    if access.patients is None:
+        return
+    for group in patient_groups:
+        strangers = set(group) - access.patients
+        if strangers:
+            raise Forbidden("This access covers only its own patient; another patient was named.")
 
 
 def _uid_item(uid: str) -> DicomJson:

@@ -20,7 +20,13 @@ from gateway.dicomweb import instances, reports
 from gateway.dicomweb.dicomjson import SERIES_FIELDS, DicomJson, is_uid
 from gateway.dicomweb.upstream import Upstream
 from gateway.errors import Forbidden, NotFound
-from gateway.records.access import CHECK_FIELDS, Access, PatientKey, patient_key
+from gateway.records.access import (
+    CHECK_FIELDS,
+    Access,
+    PatientKey,
+    only_own_patients,
+    patient_key,
+)
 from gateway.store.patients import PatientIndex
 
 UID_CHUNK = 50
@@ -119,6 +125,7 @@ class DocumentRecords:
 
     async def find(self, access: Access, query: DocumentQuery) -> DocumentSet:
         require_reports(access, "s", "r")
+        only_own_patients(access, query.patient_groups)
         keys: set[PatientKey] | None = None
         for group in query.patient_groups:
             resolved = set((await self.index.keys_for(sorted(group))).values())

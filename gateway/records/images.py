@@ -38,6 +38,7 @@ from gateway.dicomweb.offload import Offloader
 from gateway.dicomweb.upstream import Retrieved as Retrieved  # what routes stream out
 from gateway.dicomweb.upstream import StoreResult, Upstream
 from gateway.errors import BadRequest, Forbidden, NotAcceptable, NotFound, UpstreamBadResponse
+from gateway.records import full_study
 from gateway.records.access import CHECK_FIELDS, Access, PatientKey, patient_key
 from gateway.records.archive import study_archive
 from gateway.records.documents import require_reports
@@ -194,6 +195,11 @@ class ImageRecords:
 
     async def retrieve(self, access: Access, target: Target, accept: str) -> Retrieved | Offloaded:
         await self._check(access, target)
+        if full_study.is_full_study_request(target.series):
+            # All or nothing, images first, each part's transfer syntax named: assembled
+            # here, also with offload on (records/full_study.py).
+            listed = await full_study.listing(self.upstream, target.study, access.visibility)
+            return await full_study.ordered_study(self.upstream, target.study, listed, accept)
         return await self._transfer(target.path, accept)
 
     async def metadata(self, access: Access, target: Target) -> Retrieved:

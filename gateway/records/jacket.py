@@ -160,7 +160,7 @@ class Jackets:
         memo = self._summarized.get(id(row))
         if memo is not None and memo[0] is row:
             return memo[1]
-        summary = summarize(row.record, self.local_zone)
+        summary = summarize(row.record, self.local_zone, updated=row.indexed_at)
         if summary is not None:
             reports = [r for found in row.reports if (r := report_of(found, self.local_zone))]
             summary = summary.with_reports(reports)
@@ -197,6 +197,7 @@ class Jackets:
                 [r for r in reports if dj.text(r, "StudyInstanceUID") == uid]
                 if reports is not None
                 else previous[uid].reports,
+                now,
             )
             for uid, record in records.items()
         ]

@@ -29,7 +29,7 @@ from gateway.dicomweb.dicomjson import (
 )
 from gateway.dicomweb.upstream import Upstream
 from gateway.errors import Forbidden, Held, NotFound
-from gateway.records.access import Access, PatientKey
+from gateway.records.access import Access, PatientKey, only_own_patients
 from gateway.records.jacket import Jacket, Jackets
 from gateway.records.study_cache import StudyDetailCache
 from gateway.records.summaries import StudySummary, summarize
@@ -58,6 +58,9 @@ class StudyQuery:
     date_range: str | None = None
     accepts: Callable[[StudySummary], bool] = _anything
     newest_first: bool = True
+    # Does ``accepts`` read ``last_updated``? Then studies found by asking the PACS learn
+    # it from the index before they are checked.
+    uses_updated: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,10 @@ class StudyRecords:
     # -- search ------------------------------------------------------------
 
     async def search(self, access: Access, query: StudyQuery, offset: int, count: int) -> StudyPage:
+        only_own_patients(access, query.patient_groups)
         candidates, truncated = await self._candidates(access, query)
+        if query.uses_updated:
+            candidates = await self._with_updated(candidates)
         matching = [s for s in candidates if query.accepts(s)]
         matching.sort(key=lambda s: (s.started or _FLOOR, s.uid), reverse=query.newest_first)
         page = matching[offset : offset + count] if count else []
@@ -286,9 +292,24 @@ class StudyRecords:
     # -- expansion ---------------------------------------------------------
 
     async def _page(self, page: list[StudySummary], total: int, truncated: bool) -> StudyPage:
+        page = await self._with_updated(page)
         keys = [s.patient for s in page if s.patient]
         details, patient_ids = await asyncio.gather(self._expand(page), self.index.ids_for(keys))
         return StudyPage(total, details, patient_ids, truncated)
+
+    async def _with_updated(self, page: Sequence[StudySummary]) -> list[StudySummary]:
+        """Studies found by asking the PACS carry when the index last saw them change
+        too, so a study's ``meta.lastUpdated`` is the same whichever way it is reached."""
+        missing = [s.uid for s in page if s.updated is None]
+        if not missing:
+            return list(page)
+        known = await self.jackets.studies.indexed_at(missing)
+        return [
+            replace(s, updated=known.get((s.patient, s.uid)))
+            if s.updated is None and s.patient
+            else s
+            for s in page
+        ]
 
     async def _expand(self, studies: Sequence[StudySummary]) -> list[StudyDetail]:
         """Series and instances for all studies at once (the cache's misses)."""

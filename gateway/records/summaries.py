@@ -73,6 +73,8 @@ class StudySummary:
     reports: tuple[Report, ...] = ()
     # When patient-facing access may see it (computed by the release policy; None: not asked).
     available_at: datetime | None = None
+    # When the gateway's study index last saw it change (None: not indexed).
+    updated: datetime | None = None
 
     @property
     def has_report(self) -> bool:
@@ -84,11 +86,25 @@ class StudySummary:
         times = [r.created for r in self.reports if r.verified and r.created]
         return max(times) if times else None
 
+    @property
+    def last_updated(self) -> datetime | None:
+        """Its ImagingStudy's ``meta.lastUpdated``: the later of when the index last saw
+        the study change and when it was released to its patient (a study released
+        since an app's last look is new to that app). None when neither is known.
+        Whole milliseconds, so the value served and the value searched are one."""
+        times = [t for t in (self.updated, self.available_at) if t is not None]
+        if not times:
+            return None
+        latest = max(times)
+        return latest.replace(microsecond=latest.microsecond // 1000 * 1000)
+
     def with_reports(self, found: Iterable[Report]) -> StudySummary:
         return replace(self, reports=tuple(r for r in found if r.study_uid == self.uid))
 
 
-def summarize(study: DicomJson, local_zone: ZoneInfo | None) -> StudySummary | None:
+def summarize(
+    study: DicomJson, local_zone: ZoneInfo | None, updated: datetime | None = None
+) -> StudySummary | None:
     """The summary of one study-level QIDO record (None without a StudyInstanceUID)."""
     uid = dj.text(study, "StudyInstanceUID")
     if not uid:
@@ -110,6 +126,7 @@ def summarize(study: DicomJson, local_zone: ZoneInfo | None) -> StudySummary | N
         series_count=dj.integer(study, "NumberOfStudyRelatedSeries"),
         instance_count=dj.integer(study, "NumberOfStudyRelatedInstances"),
         source=study,
+        updated=updated,
     )
 
 

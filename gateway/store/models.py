@@ -537,3 +537,31 @@ class TransferItem(Base):
     study_uid: Mapped[str] = mapped_column(String(64), default="")
     state: Mapped[str] = mapped_column(String(16))  # stored | refused
     reason: Mapped[str] = mapped_column(String(200), default="")
+
+
+# -- capability URLs (SMART Imaging Access: requires-access-token = false) ---
+
+
+class WadoCapability(Base):
+    """A bearer capability URL's permission: read-only DICOMweb of some studies of some
+    patients, until ``expires_at`` (never later than what authorized it). The URL
+    carries a 256-bit secret; only its SHA-256 is kept. It ends early with its
+    ``revoked_at``, or with the grant or share link it came from (revoking any token of
+    a grant revokes the grant, RFC 7009 as the gateway does it)."""
+
+    __tablename__ = "wado_capability"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # [[issuer, PatientID], ...] and [StudyInstanceUID, ...]
+    patients: Mapped[list[list[str]]] = mapped_column(JSON)
+    studies: Mapped[list[str]] = mapped_column(JSON)
+    reports: Mapped[bool] = mapped_column(Boolean, default=False)
+    patient_fhir_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    client_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    purpose: Mapped[str | None] = mapped_column(String(16), nullable=True)  # the issuer's
+    grant_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    share_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

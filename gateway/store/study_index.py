@@ -81,6 +81,9 @@ class IndexedStudyRow:
     uid: str
     record: DicomJson
     reports: list[DicomJson]
+    # When this row's text was last written: the revalidation that found the study new
+    # or changed (its ImagingStudy's meta.lastUpdated). None: not written yet.
+    indexed_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ _READ = (
         _STUDY.c.study_uid,
         _STUDY.c.record,
         _STUDY.c.reports,
+        _STUDY.c.indexed_at,
     )
     .select_from(
         _PATIENT.outerjoin(
@@ -154,7 +158,9 @@ class StudyIndex:
         assert isinstance(engine, AsyncEngine), "sessions must be bound to an engine"
         self._engine: AsyncEngine = engine
         self._rows = ParsedMemo(
-            lambda k: IndexedStudyRow(k[0], orjson.loads(k[1]), orjson.loads(k[2]))
+            lambda k: IndexedStudyRow(
+                k[0], orjson.loads(k[1]), orjson.loads(k[2]), as_utc(datetime.fromisoformat(k[3]))
+            )
         )
         self._details: ParsedMemo[list[DicomJson]] = ParsedMemo(lambda k: orjson.loads(k[0]))
 
@@ -168,8 +174,8 @@ class StudyIndex:
             return PatientStudies(None, 0, [])
         revalidated, generation = rows[0][0], rows[0][1]
         studies = [
-            self._rows.get((uid, record, reports))
-            for _, _, uid, record, reports in rows
+            self._rows.get((uid, record, reports, indexed_at.isoformat()))
+            for _, _, uid, record, reports, indexed_at in rows
             if uid is not None
         ]
         return PatientStudies(
@@ -291,6 +297,24 @@ class StudyIndex:
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     # -- study detail -------------------------------------------------------
+
+    async def indexed_at(self, uids: Iterable[str]) -> dict[tuple[PatientKey, str], datetime]:
+        """When each of these studies' rows was last written, by (patient, study UID)."""
+        wanted = sorted(set(uids))
+        found: dict[tuple[PatientKey, str], datetime] = {}
+        async with self._engine.connect() as connection:
+            for start in range(0, len(wanted), CHUNK):
+                rows = await connection.execute(
+                    select(
+                        _STUDY.c.issuer,
+                        _STUDY.c.patient_id,
+                        _STUDY.c.study_uid,
+                        _STUDY.c.indexed_at,
+                    ).where(_STUDY.c.study_uid.in_(wanted[start : start + CHUNK]))
+                )
+                for issuer, patient_id, uid, at in rows:
+                    found[((issuer, patient_id), uid)] = as_utc(at)
+        return found
 
     async def details(self, uids: Iterable[str]) -> dict[str, StoredDetail]:
         ordered = sorted(set(uids))

@@ -145,9 +145,16 @@ def test_the_main_paths_answer_through_nginx(topology: Topology, launched: dict[
     assert uids and set(uids) <= set(topology.studies_of(BENCH_PATIENT_ID))
     metadata = nginx.get(f"/dicomweb/studies/{uids[0]}/metadata", headers={**headers, **METADATA})
     assert metadata.status_code == 200 and metadata.json()
-    # The retrieval is decided by a replica and its bytes fetched by nginx.
-    decided = topology.replicas[0].get(f"/dicomweb/studies/{uids[0]}", headers={**headers, **DICOM})
+    # A series retrieval is decided by a replica and its bytes fetched by nginx; a full
+    # study is assembled by the replica (records/full_study.py).
+    series = nginx.get(f"/dicomweb/studies/{uids[0]}/series", headers={**headers, **METADATA})
+    series_uid = series.json()[0]["0020000E"]["Value"][0]
+    decided = topology.replicas[0].get(
+        f"/dicomweb/studies/{uids[0]}/series/{series_uid}", headers={**headers, **DICOM}
+    )
     assert decided.status_code == 200 and decided.headers["x-accel-redirect"]
+    whole = topology.replicas[0].get(f"/dicomweb/studies/{uids[0]}", headers={**headers, **DICOM})
+    assert whole.status_code == 200 and "x-accel-redirect" not in whole.headers
     retrieved = nginx.get(f"/dicomweb/studies/{uids[0]}", headers={**headers, **DICOM})
     assert retrieved.status_code == 200 and "x-accel-redirect" not in retrieved.headers
     assert retrieved.headers["content-type"].startswith("multipart/related")

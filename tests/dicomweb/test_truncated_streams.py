@@ -19,6 +19,10 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian
 
 from gateway.dicomweb.http_upstream import HttpUpstream
 from gateway.errors import UpstreamBadResponse
@@ -58,8 +62,20 @@ def _part(payload: bytes) -> bytes:
     return f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + payload + b"\r\n"
 
 
+def _file_meta() -> bytes:
+    """The preamble, "DICM" and a file meta naming the instance (a full study is
+    re-framed by the gateway, which reads each part's file meta)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = INSTANCE
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = DicomBytesIO()
+    write_file_meta_info(buffer, meta)
+    return b"\0" * 128 + b"DICM" + buffer.getvalue()
+
+
 # A "Part 10 file": what matters is that it is big and that the cut falls inside it.
-PAYLOAD = b"\0" * 128 + b"DICM" + bytes(range(256)) * 2048
+PAYLOAD = _file_meta() + bytes(range(256)) * 2048
 WHOLE = _part(PAYLOAD) + f"--{BOUNDARY}--\r\n".encode()
 
 
@@ -167,6 +183,12 @@ def test_a_whole_answer_ended_by_closing_is_relayed(
     assert status == 200
     if path.endswith("metadata"):
         assert orjson.loads(body)[0]["0020000D"]["Value"] == [STUDY]
+    elif path == f"studies/{STUDY}":
+        # A full study is re-framed (records/full_study.py): the same part, its
+        # transfer syntax named, under the gateway's own boundary.
+        head, _, rest = body.partition(b"\r\n\r\n")
+        assert b"transfer-syntax=1.2.840.10008.1.2.1" in head
+        assert rest.startswith(PAYLOAD + b"\r\n--") and rest.endswith(b"--\r\n")
     else:
         assert body == WHOLE
 

@@ -42,8 +42,12 @@ def test_following_the_endpoint_retrieves_what_the_study_lists(served_url: str) 
     client = SyncFHIRClient(f"{served_url}/fhir")
     patient = client.resources("Patient").search(identifier=BENCH_PATIENT_ID).fetch()[0]
     study = client.resources("ImagingStudy").search(patient=patient.id, _count=1).fetch()[0]
-    endpoint = client.reference(reference=study["endpoint"][0]["reference"]).to_resource()
+    # fhirpy resolves server references, not contained ones ("#wado-rs", listed first):
+    # follow the shared Endpoint, and check the contained one names the same service.
+    shared = next(e for e in study["endpoint"] if not e["reference"].startswith("#"))
+    endpoint = client.reference(reference=shared["reference"]).to_resource()
     assert endpoint["connectionType"]["code"] == "dicom-wado-rs"
+    assert study["contained"][0]["address"] == endpoint["address"]
     dicomweb = DICOMwebClient(url=endpoint["address"])
     study_uid = study["identifier"][0]["value"].removeprefix("urn:oid:")
     listed = {

@@ -82,7 +82,17 @@ def test_identifiers_status_subject_and_endpoint() -> None:
     assert accession["value"] == "ACC-9" and accession["system"] == "urn:oid:1.2.3.99"
     assert resource["status"] == "available"
     assert resource["subject"] == {"reference": "Patient/p1", "display": "Dr Jane Q Doe III"}
-    assert resource["endpoint"] == [{"reference": "Endpoint/dicomweb"}]
+    # The contained WADO-RS Endpoint first (SMART Imaging Access clients read it), then
+    # the shared one (for _include); both the same service, token-protected.
+    assert resource["endpoint"] == [{"reference": "#wado-rs"}, {"reference": "Endpoint/dicomweb"}]
+    (contained,) = resource["contained"]
+    assert contained["id"] == "wado-rs" and contained["resourceType"] == "Endpoint"
+    assert contained["extension"] == [
+        {
+            "url": "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token",
+            "valueBoolean": True,
+        }
+    ]
 
 
 @pytest.mark.parametrize(

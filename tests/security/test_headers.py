@@ -188,6 +188,18 @@ def api_routes(tour: Tour, harness: Harness) -> None:
     tour.get(f"{instance}/thumbnail", headers={**system, "Accept": "image/jpeg"})
     tour.get(instance, headers={**system, "Accept": 'multipart/related; type="application/dicom"'})
     tour.get("/dicomweb/studies/1.2.3.4.5", headers=system)
+    # A capability URL (an app's search asked for one), read and then ended.
+    patient = study["subject"]["reference"].removeprefix("Patient/")
+    token = harness.patient_token(patient, "launch/patient patient/ImagingStudy.rs")
+    found = tour.get(
+        f"/fhir/ImagingStudy?patient={patient}",
+        headers={**bearer(token), "Prefer": "wado-capability=bearer"},
+    ).json()
+    base = local(found["entry"][0]["resource"]["contained"][0]["address"])
+    read = tour.client.get(f"{base}/studies")
+    tour.visits.append(Visit("GET", "/dicomweb/cap/{secret}/studies", read))
+    ended = tour.client.delete(base)
+    tour.visits.append(Visit("DELETE", "/dicomweb/cap/{secret}", ended))
     # A structured report rendered as a web page by the gateway (DICOMweb rendered).
     reports = [
         content["attachment"]["url"]
