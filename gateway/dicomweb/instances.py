@@ -9,7 +9,6 @@ them, and answers 500), and the gateway decodes what it needs itself.
 
 from __future__ import annotations
 
-import struct
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,11 +17,10 @@ from typing import IO
 
 import anyio
 import orjson
-from pydicom.filereader import data_element_generator
 from python_multipart import MultipartParser
 
 from gateway.dicomweb import stow
-from gateway.dicomweb.dicomjson import DicomJson, is_uid
+from gateway.dicomweb.dicomjson import DicomJson
 from gateway.dicomweb.upstream import Upstream
 from gateway.errors import GatewayError, PayloadTooLarge, UpstreamBadResponse
 
@@ -34,13 +32,6 @@ MAX_METADATA_BYTES = 64 << 20
 # A spooled instance stays in memory up to this size, then goes to a temporary file.
 IN_MEMORY = 8 << 20
 PART_END = None  # what ``Parts.feed`` gives where a part ends
-# A Part 10 file: a 128-byte preamble, "DICM", then the file meta (group 0002), which
-# always comes in Explicit VR Little Endian and starts with its own length.
-META_START = 132
-GROUP_LENGTH_END = META_START + 12
-MEDIA_STORAGE_SOP_INSTANCE_UID = 0x00020003
-# The file meta is a few hundred bytes; one that does not fit here is not believed.
-MAX_META_BYTES = 64 << 10
 
 
 def unreadable() -> UpstreamBadResponse:
@@ -118,34 +109,6 @@ class SinglePart:
         self._parts.finish()
         if self._parts.begun != 1 or not self._size:
             raise unreadable()
-
-
-def named_instance(head: bytes | bytearray, complete: bool) -> str | None:
-    """The SOP Instance UID the file meta of a Part 10 file names, from the file's first
-    bytes; None while ``head`` (all of the file when ``complete``) is too short to tell."""
-    if len(head) < GROUP_LENGTH_END and not complete:
-        return None
-    if head[128:META_START] != b"DICM":
-        raise unreadable()
-    end = MAX_META_BYTES
-    if head[META_START : META_START + 6] == b"\x02\x00\x00\x00UL":
-        end = GROUP_LENGTH_END + int.from_bytes(head[140:GROUP_LENGTH_END], "little")
-    # Without its group length (some writers leave it out) the meta ends where group
-    # 0002 does, somewhere before MAX_META_BYTES.
-    if len(head) < min(end, MAX_META_BYTES) and not complete:
-        return None
-    meta = BytesIO(bytes(head[META_START : min(end, MAX_META_BYTES)]))
-    try:
-        for element in data_element_generator(
-            meta, False, True, stop_when=lambda tag, vr, length: tag.group != 2
-        ):
-            if element.tag == MEDIA_STORAGE_SOP_INSTANCE_UID and isinstance(element.value, bytes):
-                uid = element.value.decode("ascii", "replace").strip("\0 ")
-                if is_uid(uid):
-                    return uid
-    except (ValueError, KeyError, EOFError, OSError, struct.error):
-        pass
-    raise unreadable()
 
 
 @asynccontextmanager

@@ -25,6 +25,7 @@ from gateway.errors import UpstreamBadResponse
 from gateway.records.access import EVERYTHING
 from gateway.records.archive import study_archive
 from tests.conftest import serve_gateway
+from tests.support.series_pacs import part10
 
 STUDY = "1.2.826.0.1.3680043.8.498.101"
 SERIES = "1.2.826.0.1.3680043.8.498.102"
@@ -58,8 +59,9 @@ def _part(payload: bytes) -> bytes:
     return f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + payload + b"\r\n"
 
 
-# A "Part 10 file": what matters is that it is big and that the cut falls inside it.
-PAYLOAD = b"\0" * 128 + b"DICM" + bytes(range(256)) * 2048
+# A Part 10 file of the instance QIDO lists: what matters is that it is big and that the
+# cut falls inside it (the ZIP reads its header to name it).
+PAYLOAD = part10(STUDY, SERIES, 1, ("", "TRUNC-1"), 512 << 10, head={"SOPInstanceUID": INSTANCE})
 WHOLE = _part(PAYLOAD) + f"--{BOUNDARY}--\r\n".encode()
 
 
