@@ -69,7 +69,7 @@ class Parts:
             )
         except (GatewayError, ValueError):
             raise unreadable() from None
-        self._pieces: list[bytes | None] = []
+        self._pieces: list[memoryview | None] = []
         self.begun = 0
         self._ended = False
 
@@ -77,8 +77,9 @@ class Parts:
         self.begun += 1
 
     def _data(self, data: bytes, start: int, end: int) -> None:
+        # A view, not a copy: ``data`` is the chunk fed (or the boundary), never changed.
         if end > start:
-            self._pieces.append(data[start:end])
+            self._pieces.append(memoryview(data)[start:end])
 
     def _part_end(self) -> None:
         self._pieces.append(PART_END)
@@ -86,7 +87,8 @@ class Parts:
     def _end(self) -> None:
         self._ended = True
 
-    def feed(self, chunk: bytes) -> list[bytes | None]:
+    def feed(self, chunk: bytes) -> list[memoryview | None]:
+        """The pieces ``chunk`` holds: views of it (``bytes``, so it never changes)."""
         try:
             self._parser.write(chunk)
         except ValueError:  # MultipartParseError
@@ -108,8 +110,8 @@ class SinglePart:
         self._parts = Parts(media_type)
         self._size = 0
 
-    def feed(self, chunk: bytes) -> list[bytes]:
-        pieces = [piece for piece in self._parts.feed(chunk) if isinstance(piece, bytes)]
+    def feed(self, chunk: bytes) -> list[memoryview]:
+        pieces = [piece for piece in self._parts.feed(chunk) if piece is not None]
         if self._parts.begun > 1:
             raise unreadable()
         self._size += sum(len(piece) for piece in pieces)

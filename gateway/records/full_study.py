@@ -145,7 +145,7 @@ async def _reframed(
                     yield b"\r\n"
                 head, state = bytearray(), "head"
             elif state == "send":
-                yield piece
+                yield bytes(piece)
             elif state == "head":
                 head += piece
                 meta = file_meta(head, False)

@@ -19,16 +19,13 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian
 
 from gateway.dicomweb.http_upstream import HttpUpstream
 from gateway.errors import UpstreamBadResponse
 from gateway.records.access import EVERYTHING
 from gateway.records.archive import study_archive
 from tests.conftest import serve_gateway
+from tests.support.series_pacs import part10
 
 STUDY = "1.2.826.0.1.3680043.8.498.101"
 SERIES = "1.2.826.0.1.3680043.8.498.102"
@@ -62,20 +59,9 @@ def _part(payload: bytes) -> bytes:
     return f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + payload + b"\r\n"
 
 
-def _file_meta() -> bytes:
-    """The preamble, "DICM" and a file meta naming the instance (a full study is
-    re-framed by the gateway, which reads each part's file meta)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    meta.MediaStorageSOPInstanceUID = INSTANCE
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    buffer = DicomBytesIO()
-    write_file_meta_info(buffer, meta)
-    return b"\0" * 128 + b"DICM" + buffer.getvalue()
-
-
-# A "Part 10 file": what matters is that it is big and that the cut falls inside it.
-PAYLOAD = _file_meta() + bytes(range(256)) * 2048
+# A Part 10 file of the instance QIDO lists: what matters is that it is big and that the
+# cut falls inside it (the ZIP reads its header to name it).
+PAYLOAD = part10(STUDY, SERIES, 1, ("", "TRUNC-1"), 512 << 10, head={"SOPInstanceUID": INSTANCE})
 WHOLE = _part(PAYLOAD) + f"--{BOUNDARY}--\r\n".encode()
 
 

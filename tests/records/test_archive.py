@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import zipfile
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from io import BytesIO
 from pathlib import Path
 
@@ -13,7 +13,6 @@ from pydicom import dcmread
 
 from fixtures.generate import BENCH_PATIENT_ID
 from gateway.dicomweb import dicomjson as dj
-from gateway.dicomweb.dicomjson import DicomJson
 from gateway.dicomweb.file_store import FileStoreUpstream
 from gateway.dicomweb.upstream import Retrieved, Upstream
 from gateway.errors import UpstreamBadResponse
@@ -21,6 +20,7 @@ from gateway.records import archive as zip_archive
 from gateway.records.access import EVERYTHING, Visibility
 from gateway.records.archive import study_archive
 from tests.support.catalog import StudyFacts, by_patient, read_catalog
+from tests.support.series_pacs import MEDIA_TYPE, SeriesPacs, multipart, part10
 
 MakeUpstream = Callable[[], Upstream]
 BENCH = ("HOSP-A", BENCH_PATIENT_ID)
@@ -170,45 +170,12 @@ def test_it_streams(make_upstream: MakeUpstream, catalog, monkeypatch) -> None:
     assert len(dcm_names(open_zip(chunks))) == catalog[uid].instances
 
 
-class FakeUpstream:
-    """One instance, whose WADO-RS answer is ``body`` sent in ``chunk``-byte pieces."""
+# -- a fake PACS: odd answers, and requests made ahead ----------------------------------
 
-    name = "fake"
-    study, series, instance = "1.2.3", "1.2.3.4", "1.2.3.4.5"
-
-    def __init__(self, body: bytes, chunk: int) -> None:
-        self.body, self.chunk, self.closed = body, chunk, False
-
-    async def search_instances(
-        self, filters: Mapping[str, str], fields: Sequence[str] = (), limit: int | None = None
-    ) -> list[DicomJson]:
-        return [
-            {
-                dj.tag("StudyInstanceUID"): dj.element("UI", self.study),
-                dj.tag("SeriesInstanceUID"): dj.element("UI", self.series),
-                dj.tag("SOPInstanceUID"): dj.element("UI", self.instance),
-            }
-        ]
-
-    async def retrieve(self, path: str, accept: str) -> Retrieved:
-        assert path == f"studies/{self.study}/series/{self.series}/instances/{self.instance}"
-
-        async def chunks() -> AsyncIterator[bytes]:
-            for start in range(0, len(self.body), self.chunk):
-                yield self.body[start : start + self.chunk]
-
-        async def close() -> None:
-            self.closed = True
-
-        media_type = 'multipart/related; type="application/dicom"; boundary=b0und'
-        return Retrieved(media_type, chunks(), close)
+STUDY, SERIES = "1.2.3", "1.2.3.4"
 
 
-def multipart(payload: bytes) -> bytes:
-    return b"--b0und\r\nContent-Type: application/dicom\r\n\r\n" + payload + b"\r\n--b0und--\r\n"
-
-
-def fake_archive(fake: FakeUpstream) -> bytes:
+def fake_archive(fake: SeriesPacs) -> bytes:
     async def run() -> bytes:
         return b"".join([c async for c in study_archive(fake, [fake.study], EVERYTHING)])  # type: ignore[arg-type]
 
@@ -218,79 +185,68 @@ def fake_archive(fake: FakeUpstream) -> bytes:
 @pytest.mark.parametrize("chunk", [1, 5, 64, 1 << 20])
 def test_part_body_is_extracted_whatever_the_chunking(chunk: int) -> None:
     # Bytes that look like the start of a boundary must stay in the body.
-    payload = bytes(range(256)) * 4 + b"\r\n--b0un" + b"\r\n-" + b"tail"
-    fake = FakeUpstream(multipart(payload), chunk)
+    tricky = bytes(range(256)) * 4 + b"\r\n--b0un" + b"\r\n-" + b"tail"
+    payload = part10(STUDY, SERIES, 1, None, 512, head={"ImageComments": tricky.hex()})
+    payload = payload + b"\r\n--b0un\r\n-"  # (trailing bytes after the data set, kept)
+    fake = SeriesPacs(STUDY, {SERIES: [payload]}, None, chunk)
     archive = open_zip([fake_archive(fake)])
     assert [archive.read(n) for n in dcm_names(archive)] == [payload]
-    assert fake.closed
+    assert fake.closed == 1
+
+
+WHOLE = b"".join(multipart([part10(STUDY, SERIES, 1, None, 2048)]))
 
 
 @pytest.mark.parametrize(
     "body",
     [
-        multipart(b"DICM" * 100)[:-20],  # cut before the closing boundary
-        multipart(b"DICM" * 100)[:200],
+        WHOLE[:-20],  # cut before the closing boundary
+        WHOLE[:200],  # cut in the part's header
         b"",
         b"not multipart at all",
-        multipart(b"one")[:-11] + b"--b0und\r\n\r\ntwo\r\n--b0und--\r\n",  # two parts
+        WHOLE[: WHOLE.index(b"\r\n--b0und--")] + b"\r\n--b0und\r\n\r\n\r\n--b0und--\r\n",  # empty
     ],
 )
 def test_a_malformed_body_raises_and_closes(body: bytes) -> None:
-    fake = FakeUpstream(body, 64)
+    fake = SeriesPacs(STUDY, {SERIES: [body]}, None)
+    fake.retrieve = _raw_answer(fake, body)  # type: ignore[method-assign]
     with pytest.raises(UpstreamBadResponse):
         fake_archive(fake)
-    assert fake.closed
+    assert fake.closed == 1
 
 
-class ManyInstances:
-    """``count`` one-part instances, each in a series of its own (one request each);
-    counts the answers open at once."""
+def _raw_answer(fake: SeriesPacs, body: bytes) -> Callable[[str, str], Awaitable[Retrieved]]:
+    """An answer that is ``body`` as it is, not a multipart body made of it."""
 
-    name = "fake"
-    study = "1.2.3"
-
-    def __init__(self, count: int) -> None:
-        self.count, self.open, self.most_open, self.opened = count, 0, 0, 0
-
-    async def search_instances(
-        self, filters: Mapping[str, str], fields: Sequence[str] = (), limit: int | None = None
-    ) -> list[DicomJson]:
-        return [
-            {
-                dj.tag("StudyInstanceUID"): dj.element("UI", self.study),
-                dj.tag("SeriesInstanceUID"): dj.element("UI", f"1.2.3.4.{n}"),
-                dj.tag("SOPInstanceUID"): dj.element("UI", f"1.2.3.4.{n}.1"),
-                dj.tag("InstanceNumber"): dj.element("IS", n),
-            }
-            for n in range(1, self.count + 1)
-        ]
-
-    async def retrieve(self, path: str, accept: str) -> Retrieved:
-        await asyncio.sleep(0)
-        self.opened += 1
-        self.open += 1
-        self.most_open = max(self.most_open, self.open)
-        body = multipart(path.encode() * 50)
-
+    async def retrieve(path: str, accept: str) -> Retrieved:
         async def chunks() -> AsyncIterator[bytes]:
-            for start in range(0, len(body), 100):
-                yield body[start : start + 100]
+            for start in range(0, len(body), 64):
+                yield body[start : start + 64]
 
         async def close() -> None:
-            self.open -= 1
+            fake.closed += 1
 
-        media_type = 'multipart/related; type="application/dicom"; boundary=b0und'
-        return Retrieved(media_type, chunks(), close)
+        return Retrieved(MEDIA_TYPE, chunks(), close)
+
+    return retrieve
+
+
+def many_series(count: int) -> SeriesPacs:
+    """``count`` series of one small instance each (one request each)."""
+    series = {
+        f"{SERIES}.{n}": [part10(STUDY, f"{SERIES}.{n}", 1, None, 512)] for n in range(1, count + 1)
+    }
+    return SeriesPacs(STUDY, series, None, chunk=100)
 
 
 def test_requests_made_ahead_are_bounded_and_released(monkeypatch) -> None:
     monkeypatch.setattr(zip_archive, "FLUSH_BYTES", 0)  # each member goes out as it is copied
-    whole = ManyInstances(6)
-    archive = open_zip([asyncio.run(_collect(whole))])
+    whole = many_series(6)
+    archive = open_zip([fake_archive(whole)])
     assert len(dcm_names(archive)) == 6
     assert whole.open == 0 and whole.most_open <= 2  # the one copied, and the next
 
-    async def stop_after_first_member(fake: ManyInstances) -> None:
+    async def stop_after_first_member(fake: SeriesPacs) -> None:
         stream = study_archive(fake, [fake.study], EVERYTHING)  # type: ignore[arg-type]
         async for chunk in stream:
             if b"/00001_" in chunk:  # the first member went out
@@ -300,10 +256,6 @@ def test_requests_made_ahead_are_bounded_and_released(monkeypatch) -> None:
         assert fake.open == 2
         await stream.aclose()  # the recipient went away
 
-    stopped = ManyInstances(6)
+    stopped = many_series(6)
     asyncio.run(stop_after_first_member(stopped))
     assert stopped.opened < 6 and stopped.open == 0
-
-
-async def _collect(fake: ManyInstances) -> bytes:
-    return b"".join([c async for c in study_archive(fake, [fake.study], EVERYTHING)])  # type: ignore[arg-type]
