@@ -10,13 +10,13 @@ const OHIF = new URL("../ohif/", window.location.href).href;
 // The FHIR base of the gateway that serves this page: the only server this page signs
 // in to, whatever a link says (a link can come from any site).
 const OWN_ISS = new URL("../../fhir", window.location.href).href;
-// What the signed-in person can grant is offered: patients the patient/ scopes,
-// physicians the user/ ones. online_access: a refresh token for the session.
-const SCOPE = [
-  "openid fhirUser online_access",
-  "patient/ImagingStudy.rs patient/Patient.rs patient/DocumentReference.rs",
-  "user/ImagingStudy.rs user/Patient.rs user/DocumentReference.rs",
-].join(" ");
+// online_access: a refresh token for the session. Standalone, the signed-in person is
+// offered what they can grant: patients the patient/ scopes, physicians the user/ ones.
+// An EHR launch is about one patient: patient/ scopes only, so the token (and OHIF's
+// "other studies of this patient") stays with that patient.
+const BASE_SCOPE = "openid fhirUser online_access";
+const PATIENT_SCOPE = "patient/ImagingStudy.rs patient/Patient.rs patient/DocumentReference.rs";
+const USER_SCOPE = "user/ImagingStudy.rs user/Patient.rs user/DocumentReference.rs";
 
 function status(text, bad) {
   const node = document.getElementById("status");
@@ -69,7 +69,9 @@ async function authorize(untrustedIss, launch) {
     clientId: id,
     iss,
     launch: launch || undefined,
-    scope: launch ? `launch ${SCOPE}` : `launch/patient ${SCOPE}`,
+    scope: launch
+      ? `launch ${BASE_SCOPE} ${PATIENT_SCOPE}`
+      : `launch/patient ${BASE_SCOPE} ${PATIENT_SCOPE} ${USER_SCOPE}`,
     redirectUri: HERE,
     pkceMode: "required",
   });

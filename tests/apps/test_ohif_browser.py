@@ -67,7 +67,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     summary = json.loads((data_dir / "demo.json").read_text())
     gateway.start()
     try:
-        yield {**summary, "base": gateway.url}
+        yield {**summary, "base": gateway.url, "data_dir": str(data_dir)}
     finally:
         gateway.stop()
 
@@ -102,7 +102,7 @@ class Tab:
             return
         if response.status >= 400:
             self.failures.append((response.status, response.url))
-        if response.url.startswith(f"{self.base}/dicomweb/studies?"):
+        if response.url.startswith(f"{self.base}/dicomweb/studies?") and response.status == 200:
             for study in response.json():
                 uid = study["0020000D"]["Value"][0]
                 self.studies[uid] = study.get("00080061", {}).get("Value", [])
@@ -212,3 +212,76 @@ def test_ohif_is_served_with_its_config_and_policy(tab: Tab, demo: dict[str, Any
     # No session: OHIF goes to the launch page rather than calling the API without a token.
     tab.page.wait_for_url(f"{base}/apps/launch/**", timeout=30_000)
     assert not [url for url in tab.urls if not url.startswith((base, "data:", "blob:"))]
+
+
+def gateway_cli(demo: dict[str, Any], *args: str) -> str:
+    """`gateway ...` on the demo's data folder and database; its standard output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update({"GATEWAY_DATA_DIR": demo["data_dir"], "GATEWAY_PUBLIC_URL": demo["base"]})
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", *args], env=env, capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    return done.stdout.decode().strip()
+
+
+def test_a_physicians_ehr_launch_opens_the_study_in_context(tab: Tab, demo: dict[str, Any]) -> None:
+    """An EHR opens OHIF for one patient and one study. The patient's MRN (IS-1005) is
+    also another person's at another issuer: OHIF sees only this patient's studies."""
+    base, smart = demo["base"], demo["smart"]
+    chosen = next(
+        p for p in demo["patients"] if (p["patient_id"], p["issuer"]) == ("IS-1005", "HOSP-A")
+    )
+    namesake = next(
+        p for p in demo["patients"] if (p["patient_id"], p["issuer"]) == ("IS-1005", "HOSP-B")
+    )
+    operator = json.loads(
+        gateway_cli(
+            demo,
+            "tokens",
+            "issue",
+            "--client",
+            smart["operator"]["client_id"],
+            "--scope",
+            "system/ImagingStudy.rs",
+        )
+    )
+    headers = {"Authorization": f"Bearer {operator['access_token']}"}
+
+    def uids(patient: dict[str, Any]) -> set[str]:
+        found = tab.page.request.get(
+            f"{base}/fhir/ImagingStudy?patient={patient['fhir_id']}", headers=headers
+        ).json()
+        return {entry["resource"]["id"] for entry in found.get("entry", [])}
+
+    own, theirs = uids(chosen), uids(namesake)
+    assert own and theirs and not own & theirs
+    study = sorted(own)[0]
+    link = gateway_cli(
+        demo,
+        "launch",
+        "--client",
+        smart["app"]["client_id"],
+        "--patient",
+        chosen["fhir_id"],
+        "--study",
+        study,
+    )
+    tab.page.goto(link)
+    tab.page.wait_for_url("**/oauth/signin**")
+    tab.page.get_by_text("Physicians and staff").click()
+    tab.page.fill("#username", smart["practitioner"]["username"])
+    tab.page.fill("#password", smart["practitioner"]["password"])
+    tab.page.locator("form:has(#username) button").click()
+    tab.page.wait_for_url("**/oauth/consent**")
+    tab.page.get_by_role("button", name="Approve").click()
+    # The study from the launch's fhirContext, not the study list.
+    tab.page.wait_for_url(
+        f"{base}/apps/ohif/viewer?{urlencode({'StudyInstanceUIDs': study})}", timeout=30_000
+    )
+    tab.drawn()
+    tab.page.screenshot(path=str(ARTIFACTS / "ohif-ehr-launch.png"))
+    # What OHIF asked the gateway about this patient's other studies is theirs alone.
+    assert study in tab.studies or any(study in url for url in tab.urls)
+    assert set(tab.studies) <= own, set(tab.studies) - own
+    assert tab.failures == [], tab.failures
