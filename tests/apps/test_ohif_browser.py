@@ -53,6 +53,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         data_dir=str(data_dir),
         database_url=f"sqlite+aiosqlite:///{data_dir / 'gateway.db'}",
         auth_required="true",
+        # Tokens live a minute, so that OHIF's side refreshes one within a test.
+        access_token_seconds="60",
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update({"GATEWAY_DATA_DIR": str(data_dir), "GATEWAY_PUBLIC_URL": gateway.url})
@@ -284,4 +286,31 @@ def test_a_physicians_ehr_launch_opens_the_study_in_context(tab: Tab, demo: dict
     # What OHIF asked the gateway about this patient's other studies is theirs alone.
     assert study in tab.studies or any(study in url for url in tab.urls)
     assert set(tab.studies) <= own, set(tab.studies) - own
+    assert tab.failures == [], tab.failures
+
+
+def test_ohif_refreshes_the_token_before_it_expires(tab: Tab, demo: dict[str, Any]) -> None:
+    """Tokens live 60 s here; smart-auth.js refreshes 30 s before the end, and OHIF
+    keeps working on the new token without a new launch."""
+    base = demo["base"]
+    sign_in_as_patient(tab, demo)
+    tab.page.wait_for_url(f"{base}/apps/ohif/", timeout=30_000)
+    tab.page.locator("tbody tr").first.wait_for(timeout=30_000)
+    first, before = tab.token(), len(tab.urls)
+    deadline = time.monotonic() + 60
+    while tab.token() == first and time.monotonic() < deadline:
+        time.sleep(1)
+    second = tab.token()
+    assert second != first, "no refresh within a minute"
+    refreshed = tab.page.request.get(
+        f"{base}/dicomweb/studies", headers={"Authorization": f"Bearer {second}"}
+    )
+    assert refreshed.status == 200
+    # Refreshed in place (a token request), not relaunched (no new authorize).
+    since = tab.urls[before:]
+    assert f"{base}/oauth/token" in since
+    assert not [url for url in since if "/oauth/authorize" in url or "/apps/launch/" in url]
+    uid = next(u for u, found in sorted(tab.studies.items()) if "CT" in found)
+    tab.page.goto(f"{base}/apps/ohif/viewer?{urlencode({'StudyInstanceUIDs': uid})}")
+    tab.drawn()
     assert tab.failures == [], tab.failures
