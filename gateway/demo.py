@@ -21,7 +21,7 @@ from joserfc.jwk import RSAKey
 from pydicom import Dataset, dcmread
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from fixtures.demo_states import HELD_STUDY_ID, NOT_IMAGES, held_copy
 from fixtures.generate import PATIENTS, write_fixtures
@@ -39,7 +39,7 @@ from gateway.portal.shares import ShareState, creation_entry, state_of
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.store.database import Database
-from gateway.store.models import Account, OAuthClient
+from gateway.store.models import Account
 from gateway.store.patients import PatientIndex
 
 console = Console(stderr=True)
@@ -303,11 +303,11 @@ async def demo_sign_ins(
             if known is not None and launch_page(settings) in (known.redirect_uris or []):
                 return dict(previous)
             if known is not None:  # a demo from before OHIF: the same people, a new app
-                return {**previous, "app": await demo_app(settings, database, auth)}
+                return {**previous, "app": await demo_app(settings, auth)}
         # Drawn afresh for each demo database; written to demo.json for the person trying it.
         passphrase = f"demo-{secrets.token_hex(3)}-{secrets.token_hex(3)}"
         smart: dict[str, Any] = {
-            "app": await demo_app(settings, database, auth),
+            "app": await demo_app(settings, auth),
             "smart_configuration": f"{settings.fhir_base_url}/.well-known/smart-configuration",
         }
         if patient is not None:
@@ -338,7 +338,7 @@ def launch_page(settings: Settings) -> str:
     return f"{settings.public_url}/apps/launch/"
 
 
-async def demo_app(settings: Settings, database: Database, auth: AuthServices) -> dict[str, Any]:
+async def demo_app(settings: Settings, auth: AuthServices) -> dict[str, Any]:
     """OHIF behind its SMART launch page, as a public client (PKCE, no secret).
 
     Its launch URI carries the client id, so that an EHR launch in a fresh browser
@@ -346,15 +346,13 @@ async def demo_app(settings: Settings, database: Database, auth: AuthServices) -
     """
     page = launch_page(settings)
     created = await auth.clients.add(
-        name="OHIF Viewer", kind=ClientKind.public, redirect_uris=[page]
+        name="OHIF Viewer",
+        kind=ClientKind.public,
+        redirect_uris=[page],
+        launch_uri=f"{page}?client_id={{client_id}}",
     )
     client_id = created.client.client_id
     opened = f"{page}?{urlencode({'client_id': client_id})}"
-    async with database.sessions() as session:
-        await session.execute(
-            update(OAuthClient).where(OAuthClient.client_id == client_id).values(launch_uri=opened)
-        )
-        await session.commit()
     return {
         "client_id": client_id,
         "name": "OHIF Viewer",

@@ -78,7 +78,8 @@ def clients_add(
         list[str] | None, typer.Option(help="Exact redirect URI (repeat for several).")
     ] = None,
     launch_uri: Annotated[
-        str | None, typer.Option(help="Where an EHR launch opens the app.")
+        str | None,
+        typer.Option(help="Where an EHR launch opens the app; {client_id} becomes the new id."),
     ] = None,
     jwks_url: Annotated[str | None, typer.Option(help="The client's JWKS URL.")] = None,
     jwks_file: Annotated[

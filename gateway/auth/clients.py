@@ -89,8 +89,11 @@ class ClientRegistry:
         if unknown:
             raise RegistrationError(f"unknown scope(s): {' '.join(unknown)}")
         secret = new_token() if kind is ClientKind.symmetric else None
+        client_id = new_id()
+        if launch_uri:  # a launch page that must know its app: ...?client_id={client_id}
+            launch_uri = launch_uri.replace("{client_id}", client_id)
         client = OAuthClient(
-            client_id=new_id(),
+            client_id=client_id,
             name=name.strip(),
             kind=kind.value,
             secret_hash=await hash_secret(secret) if secret else None,
