@@ -140,7 +140,7 @@ class OhifFiles:
         return self._made[name]
 
     def boot(self) -> bytes:
-        values = {"launchPage": self.launch_page, "fhirBase": self.settings.fhir_base_url}
+        values = {"launchPage": self.launch_page}
         return (
             f"window.PUBLIC_URL = {json.dumps(self.prefix)};\n"
             f"window.gatewayOhif = {json.dumps(values)};\n"
@@ -164,6 +164,7 @@ class OhifApp:
     def __init__(self, files: OhifFiles) -> None:
         self.files = files
         self.static = StaticFiles(directory=files.dist)
+        files.index()  # made at start, not in a request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -194,7 +195,7 @@ class OhifApp:
         if patched is not None:
             media = JS if name.endswith(".js") else "text/css; charset=utf-8"
             return Response(patched, media_type=media)
-        full, found = self.static.lookup_path(name)
+        full, found = await anyio.to_thread.run_sync(self.static.lookup_path, name)
         if full and found and stat.S_ISREG(found.st_mode) and not name.startswith("."):
             return FileResponse(full)
         if "." not in name.rsplit("/", 1)[-1]:
