@@ -47,8 +47,11 @@
   FHIR.oauth2.settings.refreshTokenWithClientId = true;
   FHIR.oauth2.settings.replaceBrowserHistory = false;
   const ready = FHIR.oauth2.ready().then(
-    (found) => {
+    async (found) => {
       client = found;
+      const expiresAt = found.state.expiresAt;
+      // A tab come back after a while: a fresh token before OHIF asks for anything.
+      if (expiresAt && expiresAt - Date.now() / 1000 < EARLY) return refresh();
       schedule();
       return found;
     },
