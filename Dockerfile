@@ -6,11 +6,18 @@ COPY gateway ./gateway
 COPY fixtures ./fixtures
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
+# OHIF and fhirclient for /apps, at the versions and sha512 integrity of the lock file.
+FROM node:20-slim AS apps
+WORKDIR /apps
+COPY smart_apps/package.json smart_apps/package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/gateway --create-home gateway
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 COPY smart_apps /opt/gateway/smart_apps
+COPY --from=apps /apps/node_modules /opt/gateway/smart_apps/node_modules
 USER gateway
 WORKDIR /var/lib/gateway
 ENV GATEWAY_DATA_DIR=/var/lib/gateway/data \

@@ -5,20 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
 from gateway import __version__, error_handlers, logs, operations
 from gateway.admin import research as admin_research
 from gateway.admin import routes as admin_routes
 from gateway.admin import transfers as admin_transfers
+from gateway.apps import routes as apps_routes
 from gateway.audit import AuditMiddleware
 from gateway.auth import routes as auth_routes
 from gateway.auth.enforcement import BearerTokenMiddleware
@@ -34,25 +33,6 @@ from gateway.services import Services
 from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-SMART_APPS = Path(__file__).resolve().parents[1] / "smart_apps"
-# The bundled apps run their own script and stylesheet files (nothing inline), call
-# FHIR and DICOMweb on this origin, and show thumbnails made from fetched blobs.
-APPS_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
-    "frame-ancestors 'none'"
-)
-
-
-def _apps(settings: Settings) -> list[BaseRoute]:
-    """The bundled demo SMART apps, served as static files when there are any."""
-    folder = settings.apps_dir or SMART_APPS
-    if not folder.is_dir():
-        return []
-    files = StaticFiles(directory=folder, html=True)
-    return [Mount("/apps", app=SecurityHeadersMiddleware(files, APPS_POLICY), name="apps")]
 
 
 class _Gateway(Starlette):
@@ -131,7 +111,7 @@ def create_app(
                 routes=research_routes.routes(),
                 middleware=[Middleware(BearerTokenMiddleware)],
             ),
-            *_apps(settings),
+            *apps_routes.routes(settings),
             Route("/healthz", operations.healthz, methods=["GET"]),
             Route("/readyz", operations.readyz, methods=["GET"]),
             Route("/metrics", operations.metrics, methods=["GET"]),

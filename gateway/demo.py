@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from joserfc.jwk import RSAKey
 from pydicom import Dataset, dcmread
@@ -295,26 +296,18 @@ async def demo_sign_ins(
     previous_path = settings.data_dir / "demo.json"
     auth = AuthServices.build(settings, database.sessions)
     try:
+        previous: dict[str, Any] = {}
         if previous_path.exists():
             previous = json.loads(previous_path.read_text(encoding="utf-8")).get("smart") or {}
             known = await auth.clients.get(str(previous.get("app", {}).get("client_id", "")))
-            if known is not None:
+            if known is not None and launch_page(settings) in (known.redirect_uris or []):
                 return dict(previous)
+            if known is not None:  # a demo from before OHIF: the same people, a new app
+                return {**previous, "app": await demo_app(settings, auth)}
         # Drawn afresh for each demo database; written to demo.json for the person trying it.
         passphrase = f"demo-{secrets.token_hex(3)}-{secrets.token_hex(3)}"
-        viewer = f"{settings.public_url}/apps/viewer/"
-        app_client = await auth.clients.add(
-            name="Demo viewer",
-            kind=ClientKind.public,
-            redirect_uris=[viewer],
-            launch_uri=viewer,
-        )
         smart: dict[str, Any] = {
-            "app": {
-                "client_id": app_client.client.client_id,
-                "open": f"{viewer}?client_id={app_client.client.client_id}",
-                "redirect_uri": viewer,
-            },
+            "app": await demo_app(settings, auth),
             "smart_configuration": f"{settings.fhir_base_url}/.well-known/smart-configuration",
         }
         if patient is not None:
@@ -338,6 +331,35 @@ async def demo_sign_ins(
         return smart
     finally:
         await auth.aclose()
+
+
+def launch_page(settings: Settings) -> str:
+    """The SMART launch page that opens OHIF (smart_apps/launch)."""
+    return f"{settings.public_url}/apps/launch/"
+
+
+async def demo_app(settings: Settings, auth: AuthServices) -> dict[str, Any]:
+    """OHIF behind its SMART launch page, as a public client (PKCE, no secret).
+
+    Its launch URI carries the client id, so that an EHR launch in a fresh browser
+    knows which app it is.
+    """
+    page = launch_page(settings)
+    created = await auth.clients.add(
+        name="OHIF Viewer",
+        kind=ClientKind.public,
+        redirect_uris=[page],
+        launch_uri=f"{page}?client_id={{client_id}}",
+    )
+    client_id = created.client.client_id
+    opened = f"{page}?{urlencode({'client_id': client_id})}"
+    return {
+        "client_id": client_id,
+        "name": "OHIF Viewer",
+        "open": opened,
+        "redirect_uri": page,
+        "ohif": f"{settings.public_url}/apps/ohif/",
+    }
 
 
 async def _demo_operator(settings: Settings, auth: Any) -> dict[str, Any]:
@@ -364,12 +386,23 @@ async def _demo_operator(settings: Settings, auth: Any) -> dict[str, Any]:
 def demo_lines(summary: dict[str, Any]) -> list[str]:
     """What to try first, in a few lines (rich markup; the values are escaped)."""
     lines = []
+    app = (summary.get("smart") or {}).get("app")
+    if isinstance(app, dict) and app.get("open"):
+        lines.append(
+            f"  OHIF viewer:    {escape(str(app['open']))}  (sign in as the patient or physician)"
+        )
     patient = (summary.get("smart") or {}).get("patient")
     if isinstance(patient, dict):
         lines.append(
             f"  patient portal: {escape(str(summary['public_url']))}/portal/signin"
             f"  access code [bold]{escape(str(patient.get('access_code', '')))}[/bold]"
             f"  passphrase [bold]{escape(str(patient.get('passphrase', '')))}[/bold]"
+        )
+    doctor = (summary.get("smart") or {}).get("practitioner")
+    if isinstance(doctor, dict):
+        lines.append(
+            f"  physician:      username [bold]{escape(str(doctor.get('username', '')))}[/bold]"
+            f"  password [bold]{escape(str(doctor.get('password', '')))}[/bold]"
         )
     share = summary.get("share")
     if isinstance(share, dict):

@@ -19,6 +19,26 @@ DEFAULT_POLICY = (
     "form-action 'none'; frame-ancestors 'none'"
 )
 
+# The launch page (smart_apps/launch) and fhirclient: script and stylesheet files from
+# the gateway only (nothing inline), fetches only to the gateway.
+APPS_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+# OHIF (/apps/ohif/): its files from the gateway, no inline script; WebAssembly codecs
+# ('wasm-unsafe-eval' compiles wasm, it does not allow eval) and workers from blobs;
+# React and its UI kit set inline styles; images and fonts also as data: and blob: URLs
+# it makes itself; fetches only to the gateway (and to blobs it made). Nothing from
+# another origin: OHIF works offline.
+OHIF_POLICY = (
+    "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; "
+    "worker-src 'self' blob:; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' blob: data:; font-src 'self' data:; media-src 'self' blob:; "
+    "connect-src 'self' blob: data:; manifest-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
 
 class SecurityHeadersMiddleware:
     """Pure ASGI; ``policy`` is the Content-Security-Policy given where none is set."""

@@ -17,6 +17,8 @@ command -v pg_isready >/dev/null 2>&1 || missing+=(postgresql-client)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 # A real headless browser for the page tests (driven by Playwright).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# npm fetches OHIF and fhirclient for the apps tests (scripts/smart-apps.sh).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq
@@ -47,6 +49,9 @@ fi
 echo "==> installing the gateway and its test tools"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[dev]'
+
+echo "==> OHIF and fhirclient (npm, pinned in smart_apps/package-lock.json)"
+scripts/smart-apps.sh
 
 echo "==> ruff"
 .venv/bin/ruff check .

@@ -113,8 +113,28 @@ async def authorize(request: Request) -> Response:
             answer["state"] = state
         return redirect_to_app(redirect_uri, answer)
     browser, cookie = await _browser(request, services)
+    account = await services.auth.accounts.get(browser.account_id or "")
+    prompt = set(params.get("prompt", "").split())
+    # OpenID Connect Core 3.1.2.1: prompt=none shows no page; it answers at once.
+    if "none" in prompt:
+        if len(prompt) > 1:
+            answer = {"error": "invalid_request", "error_description": "prompt=none stands alone."}
+        elif account is None:
+            answer = {"error": "login_required", "error_description": "Nobody is signed in."}
+        elif (reused := await reuse_grant(services, client, account, checked)) is not None:
+            return reused
+        else:
+            answer = {
+                "error": "consent_required",
+                "error_description": "No live grant covers this request.",
+            }
+        return redirect_to_app(redirect_uri, {**answer, "state": checked["state"]})
+    if account is not None and not prompt & {"login", "consent", "select_account"}:
+        reused = await reuse_grant(services, client, account, checked)
+        if reused is not None:
+            return reused
     request_id = await services.auth.browser_sessions.save_pending(browser, checked)
-    target = "consent" if browser.account_id else "signin"
+    target = "consent" if account is not None and "login" not in prompt else "signin"
     response = RedirectResponse(
         f"{services.settings.oauth_base_url}/{target}?request={request_id}",
         status_code=303,
@@ -123,6 +143,55 @@ async def authorize(request: Request) -> Response:
     if cookie:
         _set_cookie(response, services, cookie)
     return response
+
+
+async def reuse_grant(
+    services: Services, client: OAuthClient, account: Account, pending: dict[str, Any]
+) -> Response | None:
+    """The app's code at once, on a live grant of this person's that covers the request.
+
+    Covered: everything this person could grant of what the app asks is held by the
+    grant (the same scopes, or narrower ones), and the context the request brings
+    (who the user is, the patient, and for an EHR launch its fhirContext and intent)
+    is the grant's own. The code is for what was asked now; no new grant is made, so
+    the patient's app list and revoking stay as they were. None: ask (consent page).
+    """
+    offered = offered_scopes(account, pending)
+    if not offered:
+        return None
+    fresh = _context(services, account, pending, offered)
+    compared = ["fhirUser", "patient"] + (
+        ["fhirContext", "intent"] if pending.get("launch") else []
+    )
+    tokens = services.auth.tokens
+    for grant in await tokens.live_grants(client.client_id, account.id):
+        context = grant.context or {}
+        if any(context.get(name) != fresh.get(name) for name in compared):
+            continue
+        if scopes.narrow(scopes.split(grant.scope), offered) is None:
+            continue
+        audited = AuditEntry(
+            category="consent",
+            action="reuse",
+            outcome=200,
+            client_id=client.client_id,
+            user=context.get("fhirUser"),
+            patient=context.get("patient") or account.patient_fhir_id,
+            detail=f"scope: {' '.join(offered)}; the grant of {grant.created_at:%Y-%m-%d} holds it",
+        )
+        code = await tokens.reuse_code(
+            grant,
+            scope=offered,
+            redirect_uri=pending["redirect_uri"],
+            code_challenge=pending["code_challenge"],
+            nonce=pending.get("nonce"),
+            also=(services.audit.adding(audited),),
+        )
+        if code is not None:
+            return redirect_to_app(
+                pending["redirect_uri"], {"code": code, "state": pending["state"]}
+            )
+    return None
 
 
 async def check_request(

@@ -79,7 +79,8 @@ def clients_add(
         list[str] | None, typer.Option(help="Exact redirect URI (repeat for several).")
     ] = None,
     launch_uri: Annotated[
-        str | None, typer.Option(help="Where an EHR launch opens the app.")
+        str | None,
+        typer.Option(help="Where an EHR launch opens the app; {client_id} becomes the new id."),
     ] = None,
     jwks_url: Annotated[str | None, typer.Option(help="The client's JWKS URL.")] = None,
     jwks_file: Annotated[
@@ -305,6 +306,9 @@ def launch(
     client: Annotated[str, typer.Option(help="The app's client_id.")],
     patient: Annotated[str, typer.Option(help="The patient's FHIR id.")],
     user: Annotated[str | None, typer.Option(help="The practitioner's username.")] = None,
+    study: Annotated[
+        str | None, typer.Option(help="A study in context (fhirContext ImagingStudy/<UID>).")
+    ] = None,
 ) -> None:
     """Create an EHR launch and print the app's launch URL (valid 5 minutes, once)."""
 
@@ -317,6 +321,10 @@ def launch(
         context: dict[str, Any] = {"patient": patient, "need_patient_banner": True}
         if user:
             context["user"] = user
+        if study:
+            if not re.fullmatch(r"[0-9.]{1,64}", study):
+                raise RegistrationError("the study must be a Study Instance UID")
+            context["fhirContext"] = [{"reference": f"ImagingStudy/{study}"}]
         launch_id = await auth.launches.create("cli", context)
         query = urlencode({"iss": settings.fhir_base_url, "launch": launch_id})
         separator = "&" if "?" in app_client.launch_uri else "?"

@@ -99,8 +99,11 @@ class ClientRegistry:
         if organization_id is not None and not _IDENTIFIER.fullmatch(organization_id):
             raise RegistrationError("an organization id is 1-64 letters, digits, '-', '.' or '_'")
         secret = new_token() if kind is ClientKind.symmetric else None
+        client_id = new_id()
+        if launch_uri:  # a launch page that must know its app: ...?client_id={client_id}
+            launch_uri = launch_uri.replace("{client_id}", client_id)
         client = OAuthClient(
-            client_id=new_id(),
+            client_id=client_id,
             name=name.strip(),
             kind=kind.value,
             secret_hash=await hash_secret(secret) if secret else None,

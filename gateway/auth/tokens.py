@@ -144,6 +144,55 @@ class TokenService:
             await session.commit()
         return code
 
+    async def live_grants(self, client_id: str, account_id: str) -> list[Grant]:
+        """The account's grants to this client that still hold, newest first."""
+        async with self.sessions() as session:
+            found = await session.scalars(
+                select(Grant)
+                .where(
+                    Grant.client_id == client_id,
+                    Grant.account_id == account_id,
+                    Grant.revoked_at.is_(None),
+                )
+                .order_by(Grant.created_at.desc())
+            )
+            return [g for g in found.all() if not consent_ended(g.context or {})]
+
+    async def reuse_code(
+        self,
+        grant: Grant,
+        *,
+        scope: list[str],
+        redirect_uri: str,
+        code_challenge: str,
+        nonce: str | None,
+        also: Sequence[InTransaction] = (),
+    ) -> str | None:
+        """A code on an existing grant, for ``scope`` (which it covers): no new grant row.
+        None when the grant was withdrawn meanwhile."""
+        code = new_token()
+        lifetime = timedelta(seconds=self.settings.authorization_code_seconds)
+        async with self.sessions() as session:
+            current = await session.get(Grant, grant.id)
+            if current is None or current.revoked_at is not None:
+                return None
+            for step in also:
+                await step(session)
+            session.add(
+                AuthorizationCode(
+                    code_hash=digest(code),
+                    grant_id=grant.id,
+                    client_id=grant.client_id,
+                    redirect_uri=redirect_uri,
+                    code_challenge=code_challenge,
+                    nonce=nonce,
+                    expires_at=utcnow() + lifetime,
+                    scope=" ".join(scope),
+                )
+            )
+            await session.commit()
+        return code
+
     async def redeem_code(
         self, code: str, client_id: str, redirect_uri: str, verifier: str
     ) -> dict[str, Any]:
@@ -194,7 +243,7 @@ class TokenService:
                 raise InvalidGrantError("The authorization was withdrawn.")
             # The tokens are committed with the spending: a replay that loses the race
             # withdraws them only after the winner has its answer.
-            granted = scopes.split(grant.scope)
+            granted = scopes.split(stored.scope or grant.scope)
             rows, response, now = self._mint(grant, granted)
             session.add_all(rows)
             await session.commit()

@@ -27,6 +27,7 @@ WHAT = {
     ("token", "revoke"): "Gave up access",
     ("consent", "grant"): "You allowed an app",
     ("consent", "deny"): "You refused an app",
+    ("consent", "reuse"): "An app came back within what you allowed it",
     ("consent", "revoke"): "You withdrew an app",
     ("consent", "waive-delay"): "You chose to see new results at once",
     ("login", "sign-in"): "Signed in",

@@ -150,6 +150,8 @@ class AuthorizationCode(Base):
     nonce: Mapped[str | None] = mapped_column(String(500), nullable=True)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Less than the grant's scope when the code reuses a grant; NULL: the grant's scope.
+    scope: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Token(Base):

@@ -214,3 +214,29 @@ def test_clients_access_add_list_remove(
     assert organization["kind"] == "organization"
     shown = runner.invoke(app, ["clients", "access", "add", "--help"])
     assert shown.exit_code == 0 and "system|value" in shown.output
+
+
+def test_a_launch_uri_can_carry_the_new_client_id(data_dir: Path) -> None:
+    """OHIF's launch page learns its app from the link: ``{client_id}`` is filled in."""
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    made = run(
+        "clients",
+        "add",
+        "--name",
+        "OHIF Viewer",
+        "--type",
+        "public",
+        "--redirect-uri",
+        "https://images.example/apps/launch/",
+        "--launch-uri",
+        "https://images.example/apps/launch/?client_id={client_id}",
+    )
+    assert isinstance(made, dict)
+    link = run("launch", "--client", made["client_id"], "--patient", "p-1", "--study", "1.2.3")
+    assert isinstance(link, str)
+    query = parse_qs(urlsplit(link).query)
+    assert query["client_id"] == [made["client_id"]] and query["launch"]
+    refused = runner.invoke(
+        app, ["launch", "--client", made["client_id"], "--patient", "p-1", "--study", "x y"]
+    )
+    assert refused.exit_code != 0

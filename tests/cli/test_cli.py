@@ -95,7 +95,14 @@ def test_demo_seeds_once_and_describes_itself(data_dir: Path) -> None:
     # The demo app and sign-ins are made once and kept.
     smart = summary["smart"]
     assert again["smart"] == smart
-    assert smart["app"]["client_id"] and smart["app"]["redirect_uri"].endswith("/apps/viewer/")
+    assert smart["app"]["client_id"] and smart["app"]["redirect_uri"].endswith("/apps/launch/")
+    # OHIF's launch page, which knows its client from the link (and so do EHR launches).
+    assert (
+        smart["app"]["open"]
+        == f"{smart['app']['redirect_uri']}?client_id={smart['app']['client_id']}"
+    )
+    assert smart["app"]["ohif"].endswith("/apps/ohif/")
+    assert "OHIF viewer:" in first.output and smart["app"]["open"] in first.output
     assert len(smart["patient"]["access_code"]) == 8
     assert smart["patient"]["fhir_id"] == summary["patients"][0]["fhir_id"]
     assert smart["practitioner"]["username"] == "demo.doctor"

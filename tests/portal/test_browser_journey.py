@@ -68,7 +68,7 @@ def served(
                     jwks={"keys": [key.as_dict(private=False)]},
                     scope="admin/enrollments",
                 )
-                viewer = f"{base}/apps/viewer/"
+                viewer = f"{base}/apps/launch/"
                 app = await auth.clients.add(
                     name="Demo viewer", kind=ClientKind.public, redirect_uris=[viewer]
                 )
@@ -176,7 +176,7 @@ def test_a_patients_journey(served: dict[str, Any]) -> None:
             # 3. An app asks; the patient shares two studies with it.
             app = browser.new_context().new_page()
             app.goto(served["viewer"])
-            app.get_by_role("button", name="Sign in and share my images").click()
+            app.get_by_role("button", name="Sign in and open my images").click()
             app.fill("#access_code", code)
             app.fill("#passphrase", PASSPHRASE)
             app.get_by_role("button", name="Sign in", exact=True).click()
@@ -189,9 +189,12 @@ def test_a_patients_journey(served: dict[str, Any]) -> None:
             app.get_by_label("One week").check()
             shot(app, "journey-3-consent")
             app.get_by_role("button", name="Approve").click()
-            # A locator, not wait_for_function: the viewer's policy forbids eval.
-            app.locator("#status", has_text="shared with this app").wait_for()
-            app_token = app.evaluate("sessionStorage.getItem('viewer.token')")
+            # The launch page hands over to OHIF, with the token in the tab's storage.
+            app.wait_for_url(f"{base}/apps/ohif/**")
+            app_token = app.evaluate(
+                "() => JSON.parse(sessionStorage.getItem(JSON.parse("
+                "sessionStorage.getItem('SMART_KEY')))).tokenResponse.access_token"
+            )
             headers = {"Authorization": f"Bearer {app_token}"}
             searched = httpx.get(f"{base}/fhir/ImagingStudy?_count=50", headers=headers).json()
             queried = httpx.get(f"{base}/dicomweb/studies", headers=headers).json()

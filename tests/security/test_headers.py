@@ -82,8 +82,9 @@ def directives(policy: str) -> dict[str, list[str]]:
     return parsed
 
 
-def strictness_problems(policy: str | None) -> list[str]:
-    """What keeps ``policy`` from being strict; empty when it is."""
+def strictness_problems(policy: str | None, wasm: bool = False) -> list[str]:
+    """What keeps ``policy`` from being strict; empty when it is. ``wasm``: compiling
+    WebAssembly is allowed (OHIF's image codecs); that allows no JavaScript eval."""
     if policy is None:
         return ["no Content-Security-Policy"]
     found = directives(policy)
@@ -92,7 +93,9 @@ def strictness_problems(policy: str | None) -> list[str]:
     script = found.get("script-src", default)
     if script is None:
         problems.append("scripts unrestricted (no script-src, no default-src)")
-    elif unsafe := UNSAFE_SCRIPT_SOURCES.intersection(script):
+    elif unsafe := UNSAFE_SCRIPT_SOURCES.difference(
+        ["'wasm-unsafe-eval'"] if wasm else []
+    ).intersection(script):
         problems.append(f"script-src allows {sorted(unsafe)}")
     for name, value in [
         ("frame-ancestors", found.get("frame-ancestors")),
@@ -159,11 +162,18 @@ def open_routes(tour: Tour) -> None:
     tour.get("/healthz")
     tour.get("/readyz")
     tour.get("/metrics")
-    tour.get("/apps/viewer/")
-    tour.get("/apps/viewer/index.html")
-    tour.get("/apps/viewer/viewer.js")
-    tour.get("/apps/viewer/viewer.css")
-    tour.get("/apps/viewer/missing.js")
+    tour.get("/apps/launch/")
+    tour.get("/apps/launch/index.html")
+    tour.get("/apps/launch/launch.js")
+    tour.get("/apps/launch/launch.css")
+    tour.get("/apps/launch/missing.js")
+    tour.get("/apps/lib/fhir-client.min.js")
+    tour.get("/apps/ohif/")
+    tour.get("/apps/ohif/viewer")
+    tour.get("/apps/ohif/app-config.js")
+    tour.get("/apps/ohif/gateway-boot.js")
+    tour.get("/apps/ohif/smart-auth.js")
+    tour.get("/apps/ohif/missing.js")
     tour.get("/apps/")
     tour.get("/nowhere")
 
@@ -276,7 +286,7 @@ def test_the_tour_reaches_every_route_of_the_app(tour: Tour, tmp_path: Path) -> 
     """A route added to ``create_app`` without a visit here fails this test."""
     app = create_app(make_settings(tmp_path))
     prefixes = [route.path for route in app.routes if isinstance(route, Mount | Route)]
-    assert "/apps" in prefixes
+    assert {"/apps/launch", "/apps/lib", "/apps/ohif"} <= set(prefixes)
     visited = [visit.path for visit in tour.visits]
     missing = [p for p in prefixes if not any(v.startswith(p) for v in visited)]
     assert not missing
@@ -301,7 +311,11 @@ def test_every_page_and_app_file_has_a_strict_policy(tour: Tour) -> None:
     problems = [
         f"{visit}: {', '.join(found)}"
         for visit in checked
-        if (found := strictness_problems(visit.response.headers.get(CSP)))
+        if (
+            found := strictness_problems(
+                visit.response.headers.get(CSP), wasm=visit.path.startswith("/apps/ohif/")
+            )
+        )
     ]
     assert not problems, "\n".join(problems)
 
@@ -334,22 +348,39 @@ class _Markup(HTMLParser):
             self.assets.append(str(named["href"]))
 
 
-def test_the_viewer_needs_nothing_its_policy_forbids(tour: Tour) -> None:
-    page = next(v for v in tour.visits if v.path == "/apps/viewer/").response
+def test_the_launch_page_needs_nothing_its_policy_forbids(tour: Tour) -> None:
+    page = next(v for v in tour.visits if v.path == "/apps/launch/").response
     markup = _Markup()
     markup.feed(page.text)
     assert markup.inline == []
-    assert sorted(markup.assets) == ["viewer.css", "viewer.js"]
+    assert sorted(markup.assets) == ["../lib/fhir-client.min.js", "launch.css", "launch.js"]
     for asset in markup.assets:
-        served = next(v for v in tour.visits if v.path == f"/apps/viewer/{asset}").response
+        path = "/apps/lib/fhir-client.min.js" if asset.startswith("..") else f"/apps/launch/{asset}"
+        served = next(v for v in tour.visits if v.path == path).response
         assert served.status_code == 200
     policy = directives(page.headers[CSP])
-    # The viewer fetches FHIR and DICOMweb from its own origin and shows thumbnails
-    # made from fetched blobs, with its own script and stylesheet.
+    # The launch page signs in at its own origin, with its own script and stylesheet.
     assert policy["script-src"] == ["'self'"]
     assert policy["style-src"] == ["'self'"]
     assert policy["connect-src"] == ["'self'"]
-    assert "blob:" in policy["img-src"]
+
+
+def test_ohif_runs_no_inline_script_and_loads_nothing_from_elsewhere(tour: Tour) -> None:
+    for path in ("/apps/ohif/", "/apps/ohif/viewer"):  # the app, and one of its own routes
+        page = next(v for v in tour.visits if v.path == path).response
+        assert page.status_code == 200
+        markup = _Markup()
+        markup.feed(page.text)
+        assert not [i for i in markup.inline if i.startswith("<script")]
+        assert markup.assets and all(a.startswith("/apps/") for a in markup.assets)
+        policy = directives(page.headers[CSP])
+        # WebAssembly codecs, but no eval and no inline script.
+        assert policy["script-src"] == ["'self'", "'wasm-unsafe-eval'"]
+        assert policy["connect-src"] == ["'self'", "blob:", "data:"]
+        assert policy["default-src"] == ["'none'"] and policy["frame-ancestors"] == ["'none'"]
+        assert all("http" not in source for sources in policy.values() for source in sources)
+    missing = next(v for v in tour.visits if v.path == "/apps/ohif/missing.js").response
+    assert missing.status_code == 404
 
 
 def test_a_crash_still_carries_the_headers(tmp_path: Path) -> None:

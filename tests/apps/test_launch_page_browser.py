@@ -1,11 +1,12 @@
-"""The bundled viewer against a hostile link, in a real headless Chromium.
+"""OHIF's SMART launch page against a hostile link, in a real headless Chromium.
 
-A link such as ``/apps/viewer/?client_id=x&iss=<another site>`` must not make
-the viewer trust that site: the viewer accepts only its own gateway's FHIR base
-as ``iss``, follows only ``https:`` or same-origin endpoints from discovery, and
-its Content-Security-Policy refuses to run a ``javascript:`` URL even if it
-tried. A hostile "FHIR server" on loopback records every request it gets, so a
-script that ran, or a discovery that was fetched, shows up there.
+A link such as ``/apps/launch/?client_id=x&iss=<another site>`` must not make
+the launch page trust that site: it accepts only its own gateway's FHIR base
+as ``iss``, follows only ``https:`` or same-origin endpoints from discovery
+(checked before fhirclient is given the launch), and its Content-Security-Policy
+refuses to run a ``javascript:`` URL even if it tried. A hostile "FHIR server"
+on loopback records every request it gets, so a script that ran, or a discovery
+that was fetched, shows up there.
 
 Playwright drives Debian's Chromium (``executable_path``); nothing is downloaded.
 """
@@ -107,7 +108,7 @@ def hostile() -> Iterator[HostileServer]:
 def gateway(
     tmp_path_factory: pytest.TempPathFactory, embedded_data_dir: Path
 ) -> Iterator[dict[str, str]]:
-    """`gateway serve` over HTTP, with the viewer registered as a public app."""
+    """`gateway serve` over HTTP, with the launch page registered as a public app."""
     workdir = tmp_path_factory.mktemp("viewer")
     with serve_gateway(workdir, data_dir=str(embedded_data_dir), auth_required="true") as base:
         settings = make_settings(
@@ -123,7 +124,7 @@ def gateway(
                 app = await auth.clients.add(
                     name="Demo viewer",
                     kind=ClientKind.public,
-                    redirect_uris=[f"{base}/apps/viewer/"],
+                    redirect_uris=[f"{base}/apps/launch/"],
                 )
                 return app.client.client_id
             finally:
@@ -131,7 +132,7 @@ def gateway(
                 await database.dispose()
 
         client_id = asyncio.run(register())
-        yield {"base": base, "viewer": f"{base}/apps/viewer/", "client_id": client_id}
+        yield {"base": base, "viewer": f"{base}/apps/launch/", "client_id": client_id}
 
 
 @pytest.fixture(scope="module")
@@ -163,12 +164,12 @@ class Tab:
         return [url for url in self.requests if url.startswith(origin)]
 
     def refused(self) -> str:
-        """The viewer's error, once it shows one; fails the test when it never does."""
+        """The launch page's error, once it shows one; fails the test when it never does."""
         try:
             self.page.wait_for_selector("#status.error", timeout=10_000)
         except PlaywrightTimeout:
             pytest.fail(
-                f"the viewer showed no error; it is at {self.page.url} "
+                f"the launch page showed no error; it is at {self.page.url} "
                 f"and the browser asked for {self.requests}"
             )
         return self.page.inner_text("#status")
@@ -207,7 +208,7 @@ def test_a_link_naming_another_server_as_iss_goes_nowhere(
 def test_discovery_naming_an_unsafe_endpoint_is_not_followed(
     tab: Tab, gateway: dict[str, str], hostile: HostileServer, kind: str
 ) -> None:
-    """Even the gateway's own discovery is checked before the viewer follows it."""
+    """Even the gateway's own discovery is checked before the launch page follows it."""
     hostile.seen.clear()
 
     def forged(route: Route, request: Request) -> None:
@@ -224,8 +225,8 @@ def test_discovery_naming_an_unsafe_endpoint_is_not_followed(
     assert tab.page.url == link
 
 
-def test_the_viewer_page_refuses_to_run_a_javascript_url(tab: Tab, gateway: dict[str, str]) -> None:
-    """The Content-Security-Policy holds even if the viewer's checks were bypassed."""
+def test_the_launch_page_refuses_to_run_a_javascript_url(tab: Tab, gateway: dict[str, str]) -> None:
+    """The Content-Security-Policy holds even if the page's checks were bypassed."""
     tab.page.goto(gateway["viewer"])
     outcome = tab.page.evaluate(
         """() => new Promise((resolve) => {
@@ -252,6 +253,7 @@ def test_the_gateways_own_iss_starts_a_normal_launch(tab: Tab, gateway: dict[str
     assert params["aud"] == iss
     assert params["redirect_uri"] == gateway["viewer"]
     assert (params["response_type"], params["code_challenge_method"]) == ("code", "S256")
-    # The viewer's own page loaded its script and stylesheet within its policy.
-    assert f"{gateway['viewer']}viewer.css" in tab.requests
+    # The page loaded its script, stylesheet and fhirclient within its policy.
+    assert f"{gateway['viewer']}launch.css" in tab.requests
+    assert f"{gateway['base']}/apps/lib/fhir-client.min.js" in tab.requests
     assert not [line for line in tab.console if "Content Security Policy" in line]
