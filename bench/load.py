@@ -1,24 +1,33 @@
 """Many clients at once: the deployed topology against Orthanc directly (issue 12).
 
-    .venv/bin/python bench/load.py [--clients 100] [--seconds 30] [--json out.json]
+    .venv/bin/python bench/load.py [--clients 100] [--seconds 30] [--rounds 2]
+        [--modes patient,system] [--profile load.svg] [--json out.json]
 
 Starts tests/support/stack.py's topology (nginx from deploy/nginx.conf, two
 ``gateway serve`` replicas with GATEWAY_OFFLOAD=nginx on a throwaway PostgreSQL
-database, a private Orthanc) and loads the fixture studies. Tokens are required:
-one backend token (system/*.rs) for every gateway request.
+database, a private Orthanc, release delay 0) and loads the fixture studies.
+Tokens are required. Two modes, each measured on its own:
+
+- **patient** (the headline: patients are the product's main users): the
+  fixture patients are enrolled, and each gets a token from a real SMART
+  standalone launch through nginx (bench/smart.py: authorize, sign in,
+  consent, token with PKCE). Client n holds patient n mod P's token and asks
+  nginx for ``/fhir/ImagingStudy?patient={id}&_count=20``,
+  ``/dicomweb/studies`` and ``/dicomweb/studies/{uid}/metadata`` of one of
+  that patient's studies; directly, Orthanc's ``/dicom-web/studies?PatientID=``
+  (twice: the FHIR search's nearest QIDO, as in bench/fhir_search.py) and the
+  same metadata.
+- **system**: one backend token (``system/*.rs``) for every request:
+  ``/fhir/ImagingStudy?_count=20``, ``/dicomweb/studies?limit=20``,
+  ``/dicomweb/studies/{uid}/metadata``; directly, ``/dicom-web/studies?limit=20``
+  twice and the same metadata.
 
 Each run keeps --clients async clients busy for --seconds, each cycling through
-the same mix, so every request answers the same question both ways:
-
-- gateway: nginx's /fhir/ImagingStudy?_count=20, /dicomweb/studies?limit=20,
-  /dicomweb/studies/{uid}/metadata
-- direct:  Orthanc's /dicom-web/studies?limit=20 (the FHIR search's nearest
-  equivalent, as in bench/fhir_search.py), the same QIDO, the same metadata
-
-The two runs alternate (direct, gateway, direct, gateway: --rounds 2 by
-default), and the figures are over all rounds. Reports req/s, p50, p95 and
-errors for each, and the ratios (targets: 0 errors, throughput >= 1.0 of
-direct, p95 <= direct).
+its three requests. Within a mode the runs alternate (direct, gateway, direct,
+gateway: --rounds 2), and the figures are over all rounds. Reports req/s, p50,
+p95 and errors for each, and the ratios (targets: 0 errors, throughput >= 1.0
+of direct, p95 <= direct). ``--profile`` records a py-spy flame graph of
+replica 1 during each mode's first gateway run (FILE-patient.svg, ...).
 """
 
 from __future__ import annotations
@@ -41,15 +50,16 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import smart  # noqa: E402
 from bench.dataplane import Tokens  # noqa: E402
 from bench.support import machine  # noqa: E402
 from fixtures.generate import write_fixtures  # noqa: E402
-from tests.support.stack import running_stack  # noqa: E402
+from tests.support.stack import Stack, running_stack  # noqa: E402
+
+Work = list[tuple[list[str], dict[str, str]]]  # per client: (paths, headers), cycled
 
 
-async def run_clients(
-    base: str, paths: list[str], headers: dict[str, str], clients: int, seconds: float
-) -> dict[str, Any]:
+async def run_clients(base: str, work: Work, clients: int, seconds: float) -> dict[str, Any]:
     latencies: list[float] = []
     errors: dict[str, int] = {}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -57,6 +67,7 @@ async def run_clients(
         deadline = time.perf_counter() + seconds
 
         async def client(number: int) -> None:
+            paths, headers = work[number % len(work)]
             turn = number
             while time.perf_counter() < deadline:
                 path = paths[turn % len(paths)]
@@ -107,21 +118,116 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def fixture_patients(http: httpx.Client, base: str, headers: dict[str, str]) -> list[str]:
+    """The FHIR ids of the fixture patients (a system token's Patient search)."""
+    found = http.get(f"{base}/fhir/Patient?_count=100", headers=headers)
+    found.raise_for_status()
+    return sorted(str(e["resource"]["id"]) for e in found.json().get("entry", []))
+
+
+def patient_work(stack: Stack, system: dict[str, str]) -> tuple[Work, Work]:
+    """Gateway and direct work for each enrolled patient, with its launched token."""
+    gateway: Work = []
+    direct: Work = []
+    with httpx.Client(timeout=60) as http:
+        patients = fixture_patients(http, stack.url, system)
+        enrolled = smart.enroll(stack.database_url, patients)
+        for patient in patients:
+            token = smart.launch(stack.url, enrolled.client_id, enrolled.logins[patient])
+            headers = {"Authorization": f"Bearer {token['access_token']}"}
+            studies = http.get(f"{stack.url}/dicomweb/studies", headers=headers)
+            studies.raise_for_status()
+            first = studies.json()[0]
+            uid = first["0020000D"]["Value"][0]
+            patient_id = first["00100020"]["Value"][0]
+            issuer = (first.get("00100021", {}).get("Value") or [""])[0]
+            gateway.append(
+                (
+                    [
+                        f"/fhir/ImagingStudy?patient={patient}&_count=20",
+                        "/dicomweb/studies",
+                        f"/dicomweb/studies/{uid}/metadata",
+                    ],
+                    headers,
+                )
+            )
+            query = f"/studies?PatientID={patient_id}&IssuerOfPatientID={issuer}"
+            direct.append(([query, query, f"/studies/{uid}/metadata"], {}))
+    return gateway, direct
+
+
+def system_work(stack: Stack, uid: str) -> tuple[Work, Work]:
+    headers = Tokens(stack.database_url).header()  # backend tokens live 5 minutes: made now
+    gateway = [
+        "/fhir/ImagingStudy?_count=20",
+        "/dicomweb/studies?limit=20",
+        f"/dicomweb/studies/{uid}/metadata",
+    ]
+    direct = ["/studies?limit=20", "/studies?limit=20", f"/studies/{uid}/metadata"]
+    return [(gateway, headers)], [(direct, {})]
+
+
+def measure(
+    stack: Stack, work: tuple[Work, Work], args: argparse.Namespace, profile_to: Path | None
+) -> dict[str, Any]:
+    gateway_work, direct_work = work
+    orthanc = stack.pacs_dicomweb_url
+    # Warm both (connections, the study index) before measuring.
+    asyncio.run(run_clients(stack.url, gateway_work, 10, 2))
+    asyncio.run(run_clients(orthanc, direct_work, 10, 2))
+    runs: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
+    load = [os.getloadavg()[0]]
+    for round_number in range(args.rounds):
+        runs["direct"].append(
+            asyncio.run(run_clients(orthanc, direct_work, args.clients, args.seconds))
+        )
+        profiler = None
+        if profile_to and round_number == 0:
+            profiler = profile(stack.pids["gateway-1"], profile_to, args.seconds)
+        runs["gateway"].append(
+            asyncio.run(run_clients(stack.url, gateway_work, args.clients, args.seconds))
+        )
+        if profiler is not None:
+            profiler.wait(timeout=120)
+        load.append(os.getloadavg()[0])
+    direct, gateway = summary(runs["direct"]), summary(runs["gateway"])
+    return {
+        "direct": direct,
+        "gateway": gateway,
+        "throughput_ratio": round(gateway["req_per_s"] / direct["req_per_s"], 2),
+        "p95_ratio": round(gateway["p95_ms"] / direct["p95_ms"], 2),
+        "load_1min": load,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--modes", default="patient,system")
     parser.add_argument("--json", type=Path)
     parser.add_argument(
         "--profile",
         type=Path,
-        help="py-spy flame graph (SVG) of replica 1 during the first gateway run",
+        help="py-spy flame graphs (SVG) of replica 1 during each mode's first gateway run",
     )
     args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "load_before": os.getloadavg(),
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+    }
     with tempfile.TemporaryDirectory(prefix="bench-load-") as folder:
         files = write_fixtures(Path(folder) / "fixtures")
-        with running_stack(Path(folder) / "stack", replicas=2, offload="nginx") as stack:
+        settings = {"release_delay_hours": "0"}
+        with running_stack(
+            Path(folder) / "stack", replicas=2, offload="nginx", settings=settings
+        ) as stack:
             orthanc = stack.pacs_dicomweb_url
             with httpx.Client(timeout=60) as http:
                 for path in files:
@@ -130,44 +236,21 @@ def main() -> None:
                         content=path.read_bytes(),
                     ).raise_for_status()
                 uid = http.get(f"{orthanc}/studies?limit=1").json()[0]["0020000D"]["Value"][0]
-            headers = Tokens(stack.database_url).header()
-            gateway_paths = [
-                "/fhir/ImagingStudy?_count=20",
-                "/dicomweb/studies?limit=20",
-                f"/dicomweb/studies/{uid}/metadata",
-            ]
-            direct_paths = ["/studies?limit=20", "/studies?limit=20", f"/studies/{uid}/metadata"]
-            # Warm both (connections, the study index) before measuring.
-            asyncio.run(run_clients(stack.url, gateway_paths, headers, 10, 2))
-            asyncio.run(run_clients(orthanc, direct_paths, {}, 10, 2))
-            runs: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
-            for round_number in range(args.rounds):
-                runs["direct"].append(
-                    asyncio.run(run_clients(orthanc, direct_paths, {}, args.clients, args.seconds))
-                )
-                profiler = None
-                if args.profile and round_number == 0:
-                    profiler = profile(stack.pids["gateway-1"], args.profile, args.seconds)
-                runs["gateway"].append(
-                    asyncio.run(
-                        run_clients(stack.url, gateway_paths, headers, args.clients, args.seconds)
+            for mode in modes:
+                if mode == "patient":
+                    system = Tokens(stack.database_url).header()
+                    work = patient_work(stack, system)
+                elif mode == "system":
+                    work = system_work(stack, uid)
+                else:
+                    raise SystemExit(f"unknown mode {mode!r} (patient, system)")
+                profile_to = None
+                if args.profile:
+                    profile_to = args.profile.with_name(
+                        f"{args.profile.stem}-{mode}{args.profile.suffix}"
                     )
-                )
-                if profiler is not None:
-                    profiler.wait(timeout=60)
-    direct, gateway = summary(runs["direct"]), summary(runs["gateway"])
-    result = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "load": os.getloadavg(),
-        "clients": args.clients,
-        "seconds": args.seconds,
-        "rounds": args.rounds,
-        "direct": direct,
-        "gateway": gateway,
-        "throughput_ratio": round(gateway["req_per_s"] / direct["req_per_s"], 2),
-        "p95_ratio": round(gateway["p95_ms"] / direct["p95_ms"], 2),
-    }
+                result[mode] = measure(stack, work, args, profile_to)
+    result["load_after"] = os.getloadavg()
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
