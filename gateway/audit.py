@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.auth.secrets import new_id
 from gateway.errors import NotRecorded
 from gateway.logs import redact
+from gateway.store.database import autocommit
 from gateway.store.models import AuditRecord, as_utc, utcnow
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,12 @@ class Auditor:
             # unit of work cost more than the INSERT itself. The engine is the sessions'
             # own, looked up here so that ``sessions`` stays the one way to the database.
             engine: AsyncEngine = self.sessions.kw["bind"]
+            if len(entries) == 1:
+                # One row, one statement, committed as it runs (no BEGIN and COMMIT
+                # round trips on PostgreSQL).
+                async with autocommit(engine).begin() as connection:
+                    await connection.execute(_INSERT, _values(entries[0]))
+                return
             async with engine.begin() as connection:
                 await connection.execute(_INSERT, [_values(entry) for entry in entries])
         except Exception:
