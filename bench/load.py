@@ -61,6 +61,7 @@ Work = list[tuple[list[str], dict[str, str]]]  # per client: (paths, headers), c
 
 async def run_clients(base: str, work: Work, clients: int, seconds: float) -> dict[str, Any]:
     latencies: list[float] = []
+    by_kind: dict[int, list[float]] = {}  # by the request's place in its client's cycle
     errors: dict[str, int] = {}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
@@ -70,7 +71,8 @@ async def run_clients(base: str, work: Work, clients: int, seconds: float) -> di
             paths, headers = work[number % len(work)]
             turn = number
             while time.perf_counter() < deadline:
-                path = paths[turn % len(paths)]
+                kind = turn % len(paths)
+                path = paths[kind]
                 turn += 1
                 started = time.perf_counter()
                 try:
@@ -80,6 +82,7 @@ async def run_clients(base: str, work: Work, clients: int, seconds: float) -> di
                 except httpx.HTTPError as exc:
                     failure = type(exc).__name__
                 latencies.append(time.perf_counter() - started)
+                by_kind.setdefault(kind, []).append(latencies[-1])
                 if failure:
                     errors[failure] = errors.get(failure, 0) + 1
 
@@ -91,15 +94,80 @@ async def run_clients(base: str, work: Work, clients: int, seconds: float) -> di
         "requests": len(latencies),
         "seconds": elapsed,
         "latencies": latencies,
+        "by_kind": by_kind,
         "errors": errors,
     }
 
 
 def profile(pid: int, output: Path, seconds: float) -> subprocess.Popen[bytes]:
-    """py-spy (pip install py-spy) sampling one replica, as a flame graph."""
+    """py-spy (pip install py-spy) sampling one replica: a flame graph (.svg), or
+    collapsed stacks (any other suffix, py-spy's raw format)."""
     py_spy = str(Path(sys.executable).parent / "py-spy")
     command = [py_spy, "record", "-o", str(output), "-d", str(int(seconds)), "-p", str(pid)]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    if output.suffix != ".svg":
+        command += ["--format", "raw"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # fields from the state on
+
+
+def stack_processes(stack: Stack) -> dict[str, list[int]]:
+    """The processes of each part: the replicas, nginx (its session), Orthanc, and the
+    PostgreSQL backends serving the stack's database."""
+    database = stack.database_url.rsplit("/", 1)[1]
+    parts: dict[str, list[int]] = {"gateway": [], "nginx": [], "postgres": [], "orthanc": []}
+    parts["gateway"] = [pid for name, pid in stack.pids.items() if name.startswith("gateway-")]
+    parts["orthanc"] = [stack.pids["orthanc"]] if "orthanc" in stack.pids else []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        fields = _stat(pid)
+        if fields is None:
+            continue
+        if int(fields[3]) == stack.pids.get("nginx"):  # session id
+            parts["nginx"].append(pid)
+        else:
+            try:
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if command.startswith(b"postgres: ") and f" {database} ".encode() in command:
+                parts["postgres"].append(pid)
+    return parts
+
+
+def cpu_ticks(parts: dict[str, list[int]]) -> dict[tuple[str, int], int]:
+    """User and system CPU time so far of each part's processes (all their threads)."""
+    used = {}
+    for part, pids in parts.items():
+        for pid in pids:
+            fields = _stat(pid)
+            if fields is not None:
+                used[(part, pid)] = int(fields[11]) + int(fields[12])  # utime, stime
+    return used
+
+
+def timed_run(stack: Stack, base: str, work: Work, clients: int, seconds: float) -> dict[str, Any]:
+    """One run, with the CPU time each part of the stack spent during it (a process
+    that ended meanwhile, such as a closed database connection, is left out)."""
+    before = cpu_ticks(stack_processes(stack))
+    run = asyncio.run(run_clients(base, work, clients, seconds))
+    after = cpu_ticks(stack_processes(stack))
+    spent = dict.fromkeys(("gateway", "nginx", "postgres", "orthanc"), 0.0)
+    for (part, pid), ticks in after.items():
+        spent[part] += (ticks - before.get((part, pid), 0)) / TICKS
+    run["cpu_seconds"] = spent
+    return run
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -115,6 +183,22 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             for kind in {kind for run in runs for kind in run["errors"]}
         },
         "requests": len(latencies),
+        # p50 and p95 of each of the three requests (in the order the docstring names them)
+        "by_request_ms": {
+            str(kind): [
+                round(statistics.median(found) * 1000, 1),
+                round(found[int(len(found) * 0.95)] * 1000, 1),
+            ]
+            for kind in sorted({k for run in runs for k in run["by_kind"]})
+            if (found := sorted(x for run in runs for x in run["by_kind"].get(kind, [])))
+        },
+        # CPU milliseconds per answered request, by part of the stack (all rounds).
+        "cpu_ms_per_request": {
+            part: round(
+                1000 * sum(run["cpu_seconds"][part] for run in runs) / max(len(latencies), 1), 2
+            )
+            for part in runs[0]["cpu_seconds"]
+        },
     }
 
 
@@ -178,14 +262,12 @@ def measure(
     runs: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
     load = [os.getloadavg()[0]]
     for round_number in range(args.rounds):
-        runs["direct"].append(
-            asyncio.run(run_clients(orthanc, direct_work, args.clients, args.seconds))
-        )
+        runs["direct"].append(timed_run(stack, orthanc, direct_work, args.clients, args.seconds))
         profiler = None
         if profile_to and round_number == 0:
             profiler = profile(stack.pids["gateway-1"], profile_to, args.seconds)
         runs["gateway"].append(
-            asyncio.run(run_clients(stack.url, gateway_work, args.clients, args.seconds))
+            timed_run(stack, stack.url, gateway_work, args.clients, args.seconds)
         )
         if profiler is not None:
             profiler.wait(timeout=120)

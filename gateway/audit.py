@@ -67,21 +67,23 @@ def share_user(share_id: str) -> str:
 class Auditor:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
+        # The engine is the sessions' own, looked up here so that ``sessions`` stays the
+        # one way to the database.
+        self._engine: AsyncEngine = sessions.kw["bind"]
+        self._single = autocommit(self._engine)
 
     async def record(self, *entries: AuditEntry) -> None:
         """Commit the records together, or raise NotRecorded: callers must not go on without."""
         try:
-            # Core in one transaction: every request writes here, and an ORM session's
-            # unit of work cost more than the INSERT itself. The engine is the sessions'
-            # own, looked up here so that ``sessions`` stays the one way to the database.
-            engine: AsyncEngine = self.sessions.kw["bind"]
+            # Core: every request writes here, and an ORM session's unit of work cost
+            # more than the INSERT itself.
             if len(entries) == 1:
                 # One row, one statement, committed as it runs (no BEGIN and COMMIT
                 # round trips on PostgreSQL).
-                async with autocommit(engine).begin() as connection:
+                async with self._single.begin() as connection:
                     await connection.execute(_INSERT, _values(entries[0]))
                 return
-            async with engine.begin() as connection:
+            async with self._engine.begin() as connection:  # several: one transaction
                 await connection.execute(_INSERT, [_values(entry) for entry in entries])
         except Exception:
             first = entries[0] if entries else None

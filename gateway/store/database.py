@@ -48,7 +48,11 @@ def create_engine(url: str) -> AsyncEngine:
     # No pre-ping: it costs a round trip on every checkout (0.26 ms of a 0.95 ms token
     # check, bench/token_check.py). Connections are recycled after five minutes instead;
     # after a database restart a stale connection fails one request and is replaced.
-    return create_async_engine(url, pool_recycle=300, pool_size=10, max_overflow=10)
+    # Twenty kept connections and no overflow: under load, overflow connections were
+    # opened and closed again for every burst (a TLS attempt, authentication and a new
+    # server process each; bench/load.py's profile), and a request now waits for a
+    # free connection instead. At most twenty per process, as before.
+    return create_async_engine(url, pool_recycle=300, pool_size=20, max_overflow=0)
 
 
 def autocommit(engine: AsyncEngine) -> AsyncEngine:
