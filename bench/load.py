@@ -25,9 +25,13 @@ Tokens are required. Two modes, each measured on its own:
 Each run keeps --clients async clients busy for --seconds, each cycling through
 its three requests. Within a mode the runs alternate (direct, gateway, direct,
 gateway: --rounds 2), and the figures are over all rounds. Reports req/s, p50,
-p95 and errors for each, and the ratios (targets: 0 errors, throughput >= 1.0
-of direct, p95 <= direct). ``--profile`` records a py-spy flame graph of
-replica 1 during each mode's first gateway run (FILE-patient.svg, ...).
+p95 and errors for each, the p50 and p95 of each of the three requests, the CPU
+milliseconds per answered request spent by each part of the stack (replicas,
+nginx, the PostgreSQL backends of the stack's database, Orthanc; from /proc),
+and the ratios (targets: 0 errors, throughput >= 1.0 of direct, p95 <= direct).
+``--profile`` records py-spy (``pip install py-spy``) on replica 1 during each
+mode's first gateway run: FILE-patient.svg, ... as flame graphs, or, for any
+suffix but .svg, collapsed stacks (py-spy's raw format).
 """
 
 from __future__ import annotations
