@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -293,6 +294,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--modes", default="patient,system")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--logs", type=Path, help="copy the replicas' logs here at the end")
     parser.add_argument(
         "--profile",
         type=Path,
@@ -336,6 +338,10 @@ def main() -> None:
                         f"{args.profile.stem}-{mode}{args.profile.suffix}"
                     )
                 result[mode] = measure(stack, work, args, profile_to)
+            if args.logs:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                for log in Path(stack.workdir).glob("gateway-*/gateway.log"):
+                    shutil.copy(log, args.logs / f"{log.parent.name}.log")
     result["load_after"] = os.getloadavg()
     print(json.dumps(result, indent=2))
     if args.json:
