@@ -1,9 +1,12 @@
 """ImagingStudy search through the gateway vs the direct study-level QIDO, on one Orthanc.
 
     .venv/bin/python bench/fhir_search.py [--rounds 300] [--json out.json] [--profile out.prof]
+        [--postgres [--postgres-url URL] | --database-url URL]
 
 Starts a private Orthanc (Debian packages orthanc + orthanc-dicomweb), loads the
-fixture studies with STOW-RS, starts `gateway serve` (uvicorn, one worker, SQLite,
+fixture studies with STOW-RS, starts `gateway serve` (uvicorn, one worker, SQLite;
+with --postgres a throwaway database on the PostgreSQL server, dropped at the end;
+with --database-url that database, which must be empty or the gateway's;
 tokens required, the default freshness bound) in front of it, mints a system token
 (system/*.rs) and a patient token (patient/ImagingStudy.rs) in its database, then
 alternates, round after round, over keep-alive connections:
@@ -34,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -42,6 +46,7 @@ from pydicom import dcmread
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.support import DEFAULT_POSTGRES, throwaway_postgres  # noqa: E402
 from fixtures.generate import BENCH_PATIENT_ID, PATIENTS, write_fixtures  # noqa: E402
 from gateway.auth.secrets import new_id  # noqa: E402
 from gateway.auth.service import AuthServices  # noqa: E402
@@ -109,12 +114,12 @@ class Bench:
 
 
 def start_gateway(
-    dicomweb_url: str, workdir: Path, profile: Path | None = None
+    dicomweb_url: str, workdir: Path, profile: Path | None = None, database_url: str | None = None
 ) -> tuple[subprocess.Popen[bytes], str, str]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     data_dir = workdir / f"var-{port}"
-    database_url = f"sqlite+aiosqlite:///{data_dir / 'gateway.db'}"
+    database_url = database_url or f"sqlite+aiosqlite:///{data_dir / 'gateway.db'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(
         GATEWAY_DICOMWEB_URL=dicomweb_url,
@@ -150,7 +155,9 @@ def shape(bundle: dict) -> list[tuple[str, int, int]]:
 
 
 async def measure(args: argparse.Namespace, dicomweb_url: str, workdir: Path) -> dict:
-    gateway, base, database_url = start_gateway(dicomweb_url, workdir, args.profile)
+    gateway, base, database_url = start_gateway(
+        dicomweb_url, workdir, args.profile, args.database_url
+    )
     bench = Bench(database_url, base)
     try:
         patient = await bench.patient()
@@ -214,10 +221,19 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="run the gateway under cProfile, writing its stats here"
     )
+    parser.add_argument(
+        "--postgres", action="store_true", help="a throwaway PostgreSQL database, not SQLite"
+    )
+    parser.add_argument(
+        "--postgres-url", default=DEFAULT_POSTGRES, help="the server for --postgres"
+    )
+    parser.add_argument("--database-url", help="the gateway's database (default: SQLite)")
     args = parser.parse_args()
 
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, ExitStack() as cleanup:
+        if args.postgres:
+            args.database_url = cleanup.enter_context(throwaway_postgres(args.postgres_url))
         workdir = Path(scratch)
         files = write_fixtures(workdir / "fixtures")
         with run_orthanc(workdir / "orthanc") as orthanc:
@@ -239,6 +255,7 @@ def main() -> None:
             )
     figures["first_search_ms"] = measured["first_ms"]
     figures["rounds"] = args.rounds
+    figures["database"] = (args.database_url or "sqlite").split(":", 1)[0]
     figures["studies"] = measured["studies"]
     figures["load_before"] = [round(x, 2) for x in load_before]
     figures["load_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -246,7 +263,7 @@ def main() -> None:
     figures["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {python}"
     print(
         f"ImagingStudy search, 1 patient, {measured['studies']} studies, {args.rounds} rounds, "
-        f"tokens required; load average before {figures['load_before']}, "
+        f"tokens required, {figures['database']}; load average before {figures['load_before']}, "
         f"after {figures['load_after']}"
     )
     print("| path | p50 ms | p95 ms | mean ms | p50 / direct | p95 / direct |")

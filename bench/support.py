@@ -3,11 +3,13 @@ with its lifespan state, and the line that names the machine."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,27 @@ async def postgres_database(admin_url: str) -> tuple[str, Callable[[], Awaitable
         await admin.dispose()
 
     return admin_url.rsplit("/", 1)[0] + f"/{name}", drop
+
+
+@contextmanager
+def throwaway_postgres(admin_url: str = DEFAULT_POSTGRES) -> Iterator[str]:
+    """For scripts without an event loop of their own: a new database, dropped after."""
+    name = f"gateway_bench_{uuid.uuid4().hex[:8]}"
+
+    async def run(statement: str) -> None:
+        admin = Database(admin_url)
+        try:
+            engine = admin.engine.execution_options(isolation_level="AUTOCOMMIT")
+            async with engine.connect() as connection:
+                await connection.execute(text(statement))
+        finally:
+            await admin.dispose()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        asyncio.run(run(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 Measure = Callable[[str, Path, int], Awaitable[Any]]

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.auth.secrets import new_id
 from gateway.errors import NotRecorded
 from gateway.logs import redact
+from gateway.store.database import autocommit
 from gateway.store.models import AuditRecord, as_utc, utcnow
 
 logger = logging.getLogger(__name__)
@@ -66,15 +67,23 @@ def share_user(share_id: str) -> str:
 class Auditor:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
+        # The engine is the sessions' own, looked up here so that ``sessions`` stays the
+        # one way to the database.
+        self._engine: AsyncEngine = sessions.kw["bind"]
+        self._single = autocommit(self._engine)
 
     async def record(self, *entries: AuditEntry) -> None:
         """Commit the records together, or raise NotRecorded: callers must not go on without."""
         try:
-            # Core in one transaction: every request writes here, and an ORM session's
-            # unit of work cost more than the INSERT itself. The engine is the sessions'
-            # own, looked up here so that ``sessions`` stays the one way to the database.
-            engine: AsyncEngine = self.sessions.kw["bind"]
-            async with engine.begin() as connection:
+            # Core: every request writes here, and an ORM session's unit of work cost
+            # more than the INSERT itself.
+            if len(entries) == 1:
+                # One row, one statement, committed as it runs (no BEGIN and COMMIT
+                # round trips on PostgreSQL).
+                async with self._single.begin() as connection:
+                    await connection.execute(_INSERT, _values(entries[0]))
+                return
+            async with self._engine.begin() as connection:  # several: one transaction
                 await connection.execute(_INSERT, [_values(entry) for entry in entries])
         except Exception:
             first = entries[0] if entries else None

@@ -24,6 +24,7 @@ from gateway.auth.keys import KeyStore
 from gateway.auth.secrets import digest, new_id, new_token, same
 from gateway.auth.sessions import InTransaction
 from gateway.settings import Settings
+from gateway.store.database import autocommit
 from gateway.store.models import (
     AuthorizationCode,
     Grant,
@@ -98,6 +99,7 @@ class TokenService:
         engine = sessions.kw.get("bind")
         assert isinstance(engine, AsyncEngine), "sessions must be bound to an engine"
         self.engine: AsyncEngine = engine
+        self._reads = autocommit(engine)
         self.settings = settings
         self.keys = keys
 
@@ -408,7 +410,7 @@ class TokenService:
         """
         if not token or len(token) > 512:
             return None
-        async with self.engine.connect() as connection:
+        async with self._reads.connect() as connection:
             row = (await connection.execute(_CHECK, {"token_hash": digest(token)})).first()
         if row is None:
             return None

@@ -38,10 +38,11 @@ from gateway.dicomweb.offload import Offloader
 from gateway.dicomweb.upstream import Retrieved as Retrieved  # what routes stream out
 from gateway.dicomweb.upstream import StoreResult, Upstream
 from gateway.errors import BadRequest, Forbidden, NotAcceptable, NotFound, UpstreamBadResponse
-from gateway.records import full_study
+from gateway.records import full_study, study_qido
 from gateway.records.access import CHECK_FIELDS, Access, PatientKey, patient_key
 from gateway.records.archive import study_archive
 from gateway.records.documents import require_reports
+from gateway.records.jacket import Jacket
 from gateway.records.studies import StudyRecords
 from gateway.store.patients import PatientIndex
 
@@ -120,6 +121,10 @@ class ImageRecords:
 
     async def search(self, access: Access, level: str, query: qido.Query) -> list[DicomJson]:
         """Run ``query`` at ``level``: narrowed, merged, re-checked, paged."""
+        if level == "study":
+            indexed = self._from_jacket(access, query)
+            if indexed is not None:
+                return indexed
         visibility = access.visibility
         # Fuzzy person-name keys are matched here, not by the PACS: support for
         # fuzzymatching differs between archives (Orthanc ignores it).
@@ -157,6 +162,26 @@ class ImageRecords:
         end = None if query.limit is None else query.offset + query.limit
         page = results[query.offset : end]
         await self._note_patients(access, page)
+        if not access.may("DocumentReference", "r"):
+            page = [{k: v for k, v in item.items() if k not in REPORT_CONTENT} for item in page]
+        return page
+
+    def _from_jacket(self, access: Access, query: qido.Query) -> list[DicomJson] | None:
+        """A patient-confined caller's study search from the jacket its access was decided
+        from (read within the freshness bound), when the index can match every key
+        exactly (:mod:`gateway.records.study_qido`); None: ask the PACS."""
+        jacket = access.jacket
+        if (
+            not isinstance(jacket, Jacket)
+            or jacket.key is None
+            or access.patients != frozenset({jacket.patient})
+            or not study_qido.answerable(query)
+        ):
+            return None
+        visible = [s for s in jacket.studies if access.visibility.permits(s.source)]
+        page = study_qido.answer(visible, query)
+        if page:
+            access.seen.patients.add(jacket.patient)
         if not access.may("DocumentReference", "r"):
             page = [{k: v for k, v in item.items() if k not in REPORT_CONTENT} for item in page]
         return page

@@ -18,12 +18,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, literal, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.records.summaries import StudySummary
 from gateway.settings import Settings
+from gateway.store.database import autocommit
 from gateway.store.models import DelayWaiver, StudyRelease
 
 Clock = Callable[[], datetime]
@@ -32,6 +33,15 @@ _WAIVED = select(DelayWaiver.__table__.c.patient_fhir_id).where(
 )
 _RELEASED = select(StudyRelease.__table__.c.study_uid).where(
     StudyRelease.__table__.c.study_uid.in_(bindparam("uids", expanding=True))
+)
+# Both facts in one round trip: the waiver as a row whose first column is "w".
+_WAIVED_OR_RELEASED = union_all(
+    select(literal("w"), DelayWaiver.__table__.c.patient_fhir_id).where(
+        DelayWaiver.__table__.c.patient_fhir_id == bindparam("patient")
+    ),
+    select(literal("r"), StudyRelease.__table__.c.study_uid).where(
+        StudyRelease.__table__.c.study_uid.in_(bindparam("uids", expanding=True))
+    ),
 )
 # Released early, or waived: available since always.
 ALWAYS = datetime.min.replace(tzinfo=UTC)
@@ -64,6 +74,7 @@ class ReleasePolicy:
         engine = sessions.kw.get("bind")
         assert isinstance(engine, AsyncEngine), "sessions must be bound to an engine"
         self.engine: AsyncEngine = engine
+        self._reads = autocommit(engine)
         self.clock = clock
 
     def delay_for(self, modalities: list[str]) -> timedelta:
@@ -106,18 +117,22 @@ class ReleasePolicy:
     ) -> list[StudySummary]:
         """The patient's studies with the moment each becomes available to them."""
         uids = [s.uid for s in studies]
-        # Core on one connection: this runs on every request of a patient.
-        async with self.engine.connect() as connection:
-            waived = (
-                self.waiver_allowed
-                and (await connection.execute(_WAIVED, {"patient": patient_fhir_id})).first()
-                is not None
-            )
-            early = (
-                set((await connection.execute(_RELEASED, {"uids": uids})).scalars())
-                if uids
-                else set()
-            )
+        # Core, one statement, no transaction around it: this runs on every request of a
+        # patient.
+        async with self._reads.connect() as connection:
+            if uids:
+                rows = await connection.execute(
+                    _WAIVED_OR_RELEASED, {"patient": patient_fhir_id, "uids": uids}
+                )
+                found = rows.all()
+                waived = any(kind == "w" for kind, _ in found)
+                early = {uid for kind, uid in found if kind == "r"}
+            else:
+                waived = (
+                    await connection.execute(_WAIVED, {"patient": patient_fhir_id})
+                ).first() is not None
+                early = set()
+        waived = waived and self.waiver_allowed
         return [
             replace(
                 study,

@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from gateway.store.database import autocommit
 from gateway.store.models import (
     IndexedPatient,
     IndexedStudy,
@@ -157,6 +158,7 @@ class StudyIndex:
         engine = sessions.kw.get("bind")
         assert isinstance(engine, AsyncEngine), "sessions must be bound to an engine"
         self._engine: AsyncEngine = engine
+        self._reads = autocommit(engine)  # single reads, on every patient request
         self._rows = ParsedMemo(
             lambda k: IndexedStudyRow(
                 k[0], orjson.loads(k[1]), orjson.loads(k[2]), as_utc(datetime.fromisoformat(k[3]))
@@ -168,7 +170,7 @@ class StudyIndex:
 
     async def read(self, key: PatientKey) -> PatientStudies:
         """One query: the patient's state and studies (read on every patient request)."""
-        async with self._engine.connect() as connection:
+        async with self._reads.connect() as connection:
             rows = (await connection.execute(_READ, {"issuer": key[0], "patient_id": key[1]})).all()
         if not rows:
             return PatientStudies(None, 0, [])
@@ -321,7 +323,7 @@ class StudyIndex:
         found: dict[str, StoredDetail] = {}
         if not ordered:
             return found
-        async with self._engine.connect() as connection:
+        async with self._reads.connect() as connection:
             for start in range(0, len(ordered), CHUNK):
                 rows = await connection.execute(_DETAILS, {"uids": ordered[start : start + CHUNK]})
                 for uid, series, count, body, stored_at in rows:
