@@ -198,6 +198,9 @@ def api_routes(tour: Tour, harness: Harness) -> None:
     tour.get(f"{instance}/thumbnail", headers={**system, "Accept": "image/jpeg"})
     tour.get(instance, headers={**system, "Accept": 'multipart/related; type="application/dicom"'})
     tour.get("/dicomweb/studies/1.2.3.4.5", headers=system)
+    # A research project's own routes: refused to other clients, and without a token.
+    tour.get("/research/dicomweb/studies", headers=system)
+    tour.get("/research/fhir/ImagingStudy")
     # A capability URL (an app's search asked for one), read and then ended.
     patient = study["subject"]["reference"].removeprefix("Patient/")
     token = harness.patient_token(patient, "launch/patient patient/ImagingStudy.rs")
