@@ -16,6 +16,10 @@ loads chunks from ``/``. Three files are therefore made here, in memory, once:
 
 Every other path is the package's file, or ``index.html`` for the viewer's own
 routes (``/apps/ohif/viewer?...``), as a single-page app needs.
+
+A share's recipient gets the same files with another page (:meth:`OhifFiles.shell`
+with ``share-viewer.js``) and config (:func:`share_config`: a capability URL as
+the data source), served under ``/share/ohif/`` by ``portal/recipient_viewer.py``.
 """
 
 from __future__ import annotations

@@ -159,7 +159,7 @@ async def _audit_opened(services: Services, share: ShareLink, studies: Sequence[
     await services.audit.record(
         AuditEntry(
             category="share",
-            action="view",
+            action="viewer",
             outcome=200,
             user=actor.user,
             patient=actor.patient,

@@ -183,7 +183,9 @@ def test_the_viewer_sees_exactly_the_shared_studies(signed_in: Harness) -> None:
     # The trail names the share's recipient for what the viewer read.
     records = signed_in.call(_audit_of, signed_in, viewer["share"])
     assert any(r.category == "dicomweb" and r.outcome == 200 for r in records), records
-    assert any("opened in the viewer" in (r.detail or "") for r in records)
+    assert any(r.action == "viewer" and "opened in the viewer" in r.detail for r in records)
+    # The patient's Activity page says it in words.
+    assert "Opened the shared studies in the viewer" in client.get("/portal/activity").text
 
 
 async def _audit_of(harness: Harness, share_id: str) -> list[AuditRecord]:
