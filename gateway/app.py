@@ -73,12 +73,13 @@ def create_app(
         finally:
             await built.aclose()
 
+    ohif = apps_routes.ohif_files(settings)  # /apps/ohif/, and a share's viewer at /share/ohif/
     return _Gateway(
         routes=[
             *auth_routes.discovery_routes(),
             Mount("/oauth", routes=auth_routes.routes()),
             Mount("/portal", routes=portal_routes.routes()),
-            Mount("/share", routes=recipient.routes()),
+            Mount("/share", routes=recipient.routes(ohif)),
             Mount(
                 "/admin",
                 routes=[
@@ -111,7 +112,7 @@ def create_app(
                 routes=research_routes.routes(),
                 middleware=[Middleware(BearerTokenMiddleware)],
             ),
-            *apps_routes.routes(settings),
+            *apps_routes.routes(settings, ohif),
             Route("/healthz", operations.healthz, methods=["GET"]),
             Route("/readyz", operations.readyz, methods=["GET"]),
             Route("/metrics", operations.metrics, methods=["GET"]),

@@ -228,9 +228,11 @@ def capability_access(capability: Capability, needed: Requirement) -> Access:
     patients = capability.patient_fhir_ids
     return Access(
         visibility=Visibility(patients=capability.patients, studies=capability.studies),
-        # The trail names the app that asked for the capability, as for its token.
+        # The trail names the app that asked for the capability, as for its token, or
+        # the share link whose recipient opened it in the viewer.
         actor=Actor(
             client_id=capability.client_id,
+            user=share_user(capability.share_id) if capability.share_id else None,
             patient=next(iter(patients)) if len(patients) == 1 else None,
         ),
         permits=permits,

@@ -16,6 +16,10 @@ loads chunks from ``/``. Three files are therefore made here, in memory, once:
 
 Every other path is the package's file, or ``index.html`` for the viewer's own
 routes (``/apps/ohif/viewer?...``), as a single-page app needs.
+
+A share's recipient gets the same files with another page (:meth:`OhifFiles.shell`
+with ``share-viewer.js``) and config (:func:`share_config`: a capability URL as
+the data source), served under ``/share/ohif/`` by ``portal/recipient_viewer.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 import re
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,9 +50,10 @@ NO_CACHE = {"Cache-Control": "no-cache"}
 JS = "text/javascript; charset=utf-8"
 
 
-def app_config(settings: Settings, prefix: str) -> dict[str, Any]:
-    """OHIF's configuration: this gateway's DICOMweb as the only data source."""
-    dicomweb = settings.dicomweb_base_url
+def app_config(settings: Settings, prefix: str, dicomweb: str | None = None) -> dict[str, Any]:
+    """OHIF's configuration: this gateway's DICOMweb (or a capability URL of it, for a
+    share's recipient) as the only data source."""
+    dicomweb = dicomweb or settings.dicomweb_base_url
     return {
         "routerBasename": prefix.rstrip("/") or "/",
         "showStudyList": True,
@@ -101,19 +107,21 @@ class OhifFiles:
 
     def index(self) -> bytes:
         if "index.html" not in self._made:
-            html = (self.dist / "index.html").read_text(encoding="utf-8")
-            html = _SERVICE_WORKER.sub("", _INLINE_SCRIPT.sub("", html))
-            html = _CONFIG_TAG.sub("<!--gateway-->", html, count=1)
-            html = _ROOT_LINK.sub(lambda m: f'{m.group(1)}="{self.prefix}', html)
-            ours = (
-                f'<script src="{self.prefix}{BOOT}"></script>'
-                f'<script src="{self.fhir_client}"></script>'
-                f'<script src="{self.prefix}{SMART_AUTH}"></script>'
-                f'<script src="{self.prefix}{CONFIG}"></script>'
-            )
-            html = html.replace("<!--gateway-->", ours, 1)
-            self._made["index.html"] = html.encode()
+            scripts = (self.fhir_client, f"{self.prefix}{SMART_AUTH}", f"{self.prefix}{CONFIG}")
+            self._made["index.html"] = self.shell(scripts)
         return self._made["index.html"]
+
+    def shell(self, scripts: Sequence[str]) -> bytes:
+        """``index.html`` with its files under this prefix, ``gateway-boot.js``, then
+        ``scripts`` (the hand-over and the config; a share's viewer has its own)."""
+        html = (self.dist / "index.html").read_text(encoding="utf-8")
+        html = _SERVICE_WORKER.sub("", _INLINE_SCRIPT.sub("", html))
+        html = _CONFIG_TAG.sub("<!--gateway-->", html, count=1)
+        html = _ROOT_LINK.sub(lambda m: f'{m.group(1)}="{self.prefix}', html)
+        ours = "".join(
+            f'<script src="{src}"></script>' for src in (f"{self.prefix}{BOOT}", *scripts)
+        )
+        return html.replace("<!--gateway-->", ours, 1).encode()
 
     def patched(self, name: str) -> bytes | None:
         """A file of the package that names the root, made to name the prefix; None for
@@ -156,6 +164,20 @@ class OhifFiles:
             "  httpErrorHandler: window.gatewaySmart.httpError,\n"
             "});\n"
         ).encode()
+
+
+def share_config(settings: Settings, prefix: str, dicomweb: str, session: dict[str, Any]) -> bytes:
+    """OHIF's configuration for a share's recipient: the capability URL as the data
+    source's root, ``session`` for ``share-viewer.js`` (renewal, where to go at the end)."""
+    configuration = json.dumps(app_config(settings, prefix, dicomweb), indent=1)
+    return (
+        "// Made by the gateway for this share session (gateway/portal/recipient_viewer.py).\n"
+        f"window.gatewayShareSession = {json.dumps(session)};\n"
+        f"window.config = Object.assign({configuration}, {{\n"
+        "  extensions: [window.gatewayShare.extension],\n"
+        "  httpErrorHandler: window.gatewayShare.httpError,\n"
+        "});\n"
+    ).encode()
 
 
 class OhifApp:

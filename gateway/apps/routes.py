@@ -29,11 +29,29 @@ FHIR_CLIENT = Path("node_modules/fhirclient/build")
 FHIR_CLIENT_FILE = "fhir-client.min.js"
 
 
-def routes(settings: Settings) -> list[BaseRoute]:
+def ohif_files(settings: Settings) -> OhifFiles | None:
+    """OHIF's files and what is made from them, or None when OHIF is not installed."""
+    folder = settings.apps_dir or SMART_APPS
+    dist = folder / OHIF_DIST
+    if not (dist / "index.html").is_file() or not (folder / "ohif").is_dir():
+        logger.info("OHIF is not installed in %s (scripts/smart-apps.sh fetches it)", folder)
+        return None
+    base = urlsplit(settings.public_url).path.rstrip("/")
+    return OhifFiles(
+        dist=dist,
+        helpers=folder / "ohif",
+        prefix=f"{base}/apps/ohif/",
+        launch_page=f"{base}/apps/launch/",
+        fhir_client=f"{base}/apps/lib/{FHIR_CLIENT_FILE}",
+        settings=settings,
+    )
+
+
+def routes(settings: Settings, ohif: OhifFiles | None = None) -> list[BaseRoute]:
+    """The apps' mounts; ``ohif`` (from :func:`ohif_files`) is made here when not given."""
     folder = settings.apps_dir or SMART_APPS
     if not folder.is_dir():
         return []
-    base = urlsplit(settings.public_url).path.rstrip("/")
     mounted: list[BaseRoute] = []
     if (folder / "launch").is_dir():
         launch = StaticFiles(directory=folder / "launch", html=True)
@@ -41,17 +59,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
     if (folder / FHIR_CLIENT / FHIR_CLIENT_FILE).is_file():
         library = StaticFiles(directory=folder / FHIR_CLIENT)
         mounted.append(Mount("/apps/lib", SecurityHeadersMiddleware(library, APPS_POLICY)))
-    dist = folder / OHIF_DIST
-    if (dist / "index.html").is_file() and (folder / "ohif").is_dir():
-        files = OhifFiles(
-            dist=dist,
-            helpers=folder / "ohif",
-            prefix=f"{base}/apps/ohif/",
-            launch_page=f"{base}/apps/launch/",
-            fhir_client=f"{base}/apps/lib/{FHIR_CLIENT_FILE}",
-            settings=settings,
-        )
+    files = ohif or ohif_files(settings)
+    if files is not None:
         mounted.append(Mount("/apps/ohif", SecurityHeadersMiddleware(OhifApp(files), OHIF_POLICY)))
-    else:
-        logger.info("OHIF is not installed in %s (scripts/smart-apps.sh fetches it)", folder)
     return mounted

@@ -16,11 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.audit import AuditMiddleware
 from gateway.authorization import CapabilityHolder
@@ -34,7 +35,9 @@ CLOSED = "This address does not open anything (unknown, expired or revoked)."
 
 def _closed() -> PlainTextResponse:
     return PlainTextResponse(
-        CLOSED + "\n", status_code=404, headers={"Warning": warning_header(CLOSED)}
+        CLOSED + "\n",
+        status_code=404,
+        headers={"Warning": warning_header(CLOSED), "Referrer-Policy": "no-referrer"},
     )
 
 
@@ -53,7 +56,14 @@ class CapabilityGate:
             await _closed()(scope, receive, send)
             return
         scope["state"]["principal"] = CapabilityHolder(capability)
-        await self.app(scope, receive, send)
+
+        async def without_referrer(message: Message) -> None:
+            # A document opened from this address must not hand it on as a Referer.
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).setdefault("Referrer-Policy", "no-referrer")
+            await send(message)
+
+        await self.app(scope, receive, without_referrer)
 
 
 async def revoke(request: Request) -> Response:

@@ -38,6 +38,7 @@ WHAT = {
     ("share", "pin-failure"): "A wrong PIN was entered for your share link",
     ("share", "locked"): "Your share link locked after wrong PINs",
     ("share", "view"): "Looked at a shared study",
+    ("share", "viewer"): "Opened the shared studies in the viewer",
     ("share", "download"): "Downloaded shared studies",
     ("share", "revoke"): "You withdrew a share link",
     ("research", "donate"): "You donated to a research project",

@@ -9,6 +9,7 @@ Every opening, wrong PIN, view and download goes to the patient's audit trail.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from starlette.middleware import Middleware
@@ -17,12 +18,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from gateway import error_handlers
+from gateway.apps.ohif import OhifFiles
 from gateway.audit import AuditEntry, AuditMiddleware
 from gateway.auth.attempts import TooManyAttempts, client_address
 from gateway.auth.sessions import csrf_ok
 from gateway.authorization import share_access, share_actor
 from gateway.dicomweb import routes as dicomweb_routes
 from gateway.errors import Held, NotFound
+from gateway.portal import recipient_viewer
 from gateway.portal.gates import SHARE_COOKIE, ImageGate, opened_share
 from gateway.portal.pages import (
     STALE_FORM,
@@ -133,7 +136,8 @@ def _header(browser: BrowserSession, share: ShareLink) -> dict[str, Any]:
     }
 
 
-async def overview(request: Request) -> Response:
+async def overview(request: Request, viewer: bool = False) -> Response:
+    """The shared studies; ``viewer``: OHIF is installed, so they also open there."""
     services, browser, share = await _opened(request)
     if browser is None or share is None:
         return _ended(services, 401, SESSION_OVER)
@@ -141,7 +145,12 @@ async def overview(request: Request) -> Response:
     studies = await study_lines(services, access, list(share.studies))
     await _audit(services, share, "view", 200, detail=f"share {share.id}: the list of studies")
     return render(
-        "share_view.html", services, studies=studies, images=IMAGES, **_header(browser, share)
+        "share_view.html",
+        services,
+        studies=studies,
+        images=IMAGES,
+        viewer="/share/ohif/" if viewer and studies else None,
+        **_header(browser, share),
     )
 
 
@@ -215,9 +224,11 @@ async def close(request: Request) -> Response:
     return response
 
 
-def routes() -> list[BaseRoute]:
+def routes(ohif: OhifFiles | None = None) -> list[BaseRoute]:
+    """Under ``/share``; with ``ohif``, the shared studies also open in OHIF (``/share/ohif/``)."""
     return [
-        Route("/view", overview, methods=["GET"]),
+        *recipient_viewer.routes(ohif),
+        Route("/view", functools.partial(overview, viewer=ohif is not None), methods=["GET"]),
         Route("/view/download", download, methods=["GET"]),
         Route("/view/close", close, methods=["POST"]),
         Route("/view/studies/{uid}", study, methods=["GET"]),

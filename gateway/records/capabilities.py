@@ -1,6 +1,6 @@
 """Capability URLs: a WADO-RS base that carries its own permission (SMART Imaging Access,
 ``requires-access-token = false``). A small service, usable by any issuer: an app's
-ImagingStudy search today, a share link's viewer later.
+ImagingStudy search, and a share link's viewer (``portal/recipient_viewer.py``).
 
 A capability is issued within an ``Access``, for studies that Access may see, so it
 can never reach further than what authorized it; it allows only reading: QIDO-RS
@@ -23,6 +23,7 @@ from gateway.errors import Forbidden
 from gateway.records.access import Access, PatientKey
 from gateway.records.summaries import StudySummary
 from gateway.store.capabilities import Capability, CapabilityStore
+from gateway.store.models import as_utc
 from gateway.store.patients import PatientIndex
 
 __all__ = ["Capability", "CapabilityRecords"]
@@ -63,6 +64,7 @@ class CapabilityRecords:
         shown = [s for s in studies if access.visibility.permits(s.source) and s.patient]
         if not shown or len(shown) != len(studies):
             raise Forbidden("A capability URL covers only studies this access may see.")
+        until = as_utc(until)  # a stored end read back from SQLite has no zone
         keys: list[PatientKey] = [s.patient for s in shown if s.patient]
         ids = await self.index.ids_for(keys)
         now = self.clock()
@@ -86,6 +88,18 @@ class CapabilityRecords:
 
     async def revoke(self, secret: str) -> bool:
         return await self.store.revoke_secret(secret, self.clock())
+
+    async def renew_for_share(
+        self, secret: str, share_id: str, share_ends: datetime
+    ) -> datetime | None:
+        """A share's viewer, while its recipient's session lasts, keeps its capability for
+        another lifetime (never past the share's end); the new end, or None if it no longer
+        holds. ``open`` must have found it first: a withdrawn share ends it there."""
+        now = self.clock()
+        until = min(as_utc(share_ends), now + self.lifetime)
+        if until <= now or not await self.store.extend_for_share(secret, share_id, until, now):
+            return None
+        return until
 
     async def revoke_for_share(self, share_id: str) -> int:
         return await self.store.revoke_for_share(share_id, self.clock())

@@ -45,6 +45,7 @@ class Capability:
     client_id: str | None
     purpose: str | None
     expires_at: datetime
+    share_id: str | None = None
 
 
 class CapabilityStore:
@@ -131,6 +132,7 @@ class CapabilityStore:
             client_id=row["client_id"],
             purpose=row["purpose"],
             expires_at=as_utc(row["expires_at"]),
+            share_id=row["share_id"],
         )
 
     async def revoke(self, capability_id: str, now: datetime) -> bool:
@@ -152,6 +154,24 @@ class CapabilityStore:
                     WadoCapability.revoked_at.is_(None),
                 )
                 .values(revoked_at=now)
+            )
+        return bool(result.rowcount)
+
+    async def extend_for_share(
+        self, secret: str, share_id: str, expires_at: datetime, now: datetime
+    ) -> bool:
+        """Move a share's live capability's end to ``expires_at`` (the caller bounds it by
+        the share's own end). False when the secret is not that share's, or no longer holds."""
+        async with self._engine.begin() as connection:
+            result = await connection.execute(
+                update(WadoCapability)
+                .where(
+                    WadoCapability.secret_hash == secret_hash(secret),
+                    WadoCapability.share_id == share_id,
+                    WadoCapability.revoked_at.is_(None),
+                    WadoCapability.expires_at > now,
+                )
+                .values(expires_at=expires_at)
             )
         return bool(result.rowcount)
 

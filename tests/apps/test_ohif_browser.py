@@ -55,6 +55,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         auth_required="true",
         # Tokens live a minute, so that OHIF's side refreshes one within a test.
         access_token_seconds="60",
+        # A share's viewer renews its capability every 10 s, so a test sees renewals and
+        # the end of a withdrawn share without waiting minutes.
+        capability_lifetime_seconds="30",
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update({"GATEWAY_DATA_DIR": str(data_dir), "GATEWAY_PUBLIC_URL": gateway.url})
@@ -69,7 +72,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     summary = json.loads((data_dir / "demo.json").read_text())
     gateway.start()
     try:
-        yield {**summary, "base": gateway.url, "data_dir": str(data_dir)}
+        yield {**summary, "base": gateway.url, "data_dir": str(data_dir), "gateway": gateway}
     finally:
         gateway.stop()
 
@@ -314,3 +317,97 @@ def test_ohif_refreshes_the_token_before_it_expires(tab: Tab, demo: dict[str, An
     tab.page.goto(f"{base}/apps/ohif/viewer?{urlencode({'StudyInstanceUIDs': uid})}")
     tab.drawn()
     assert tab.failures == [], tab.failures
+
+
+def test_a_share_recipient_opens_exactly_the_shared_studies_in_ohif(
+    browser: Browser, tab: Tab, demo: dict[str, Any]
+) -> None:
+    """The patient shares a CT and an MR from the portal; the recipient opens the link
+    with its PIN, then OHIF, which lists exactly those two studies (through a capability
+    URL, no token) and draws an image. The patient withdraws the share: the capability
+    answers 404 at once, OHIF gets nothing more, and the tab goes to the share page,
+    which says that access has ended."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    base, patient = demo["base"], demo["smart"]["patient"]
+    # The patient, in a browser of their own: the portal's Shares page.
+    portal = browser.new_context()
+    mine = portal.new_page()
+    mine.goto(f"{base}/portal/signin")
+    mine.fill("#access_code", patient["access_code"])
+    mine.fill("#passphrase", patient["passphrase"])
+    mine.get_by_role("button", name="Sign in", exact=True).click()
+    mine.wait_for_url(f"{base}/portal/")
+    mine.goto(f"{base}/portal/shares")
+    boxes = mine.locator('input[name="study"]')
+    shared: list[str] = []
+    for modality in ("CT", "MR"):
+        row = mine.locator("label", has=boxes).filter(has_text=f" {modality} ").first
+        row.locator("input").check()
+        shared.append(str(row.locator("input").get_attribute("value")))
+    mine.fill("#label", "OHIF recipient")
+    mine.get_by_role("button", name="Create the share link").click()
+    link, pin = mine.inner_text("#share-link"), mine.inner_text("#share-pin")
+    assert set(shared) < set(demo["states"]["released"]) and len(set(shared)) == 2
+
+    # The recipient: the link, the PIN, the share page, then the viewer.
+    capability_answers: list[tuple[int, str]] = []  # (status, url) of /dicomweb/cap
+    listed: set[str] = set()
+    referers: list[str | None] = []
+    addresses: list[str] = []
+
+    def answered(response: Response) -> None:
+        if response.url.startswith(f"{base}/dicomweb/cap/"):
+            capability_answers.append((response.status, response.url))
+            referers.append(response.request.headers.get("referer"))
+            if "/studies?" in response.url and response.status == 200:
+                listed.update(s["0020000D"]["Value"][0] for s in response.json())
+
+    tab.page.on("response", answered)
+    tab.page.on("framenavigated", lambda frame: addresses.append(frame.url))
+    tab.page.goto(link)
+    tab.page.fill("#pin", pin)
+    tab.page.get_by_role("button", name="Open").click()
+    tab.page.wait_for_url(f"{base}/share/view")
+    tab.page.get_by_role("link", name="Open in viewer").click()
+    tab.page.wait_for_url(f"{base}/share/ohif/", timeout=30_000)
+    rows = tab.page.locator("tbody tr", has_text="Doe, Jane")
+    rows.first.wait_for(timeout=30_000)
+    tab.page.screenshot(path=str(ARTIFACTS / "ohif-share-list.png"))
+    assert listed == set(shared), listed
+    assert rows.count() == 2
+    # An image of the shared CT is drawn, fetched through the capability.
+    tab.page.goto(f"{base}/share/ohif/viewer?{urlencode({'StudyInstanceUIDs': shared[0]})}")
+    tab.drawn()
+    tab.page.screenshot(path=str(ARTIFACTS / "ohif-share-ct.png"))
+    root = capability_answers[-1][1].split("/studies", 1)[0]
+    secret = root.rsplit("/", 1)[-1]
+    assert any(f"/studies/{shared[0]}/series/" in url for _, url in capability_answers)
+    # The capability is renewed while the page is open (every 10 s here).
+    with tab.page.expect_response(f"{base}/share/ohif/renew", timeout=30_000) as renewal:
+        pass
+    assert renewal.value.status == 200
+    # No token anywhere, the secret never in the address bar nor in a Referer, nor in
+    # the gateway's log; every request stayed on the gateway; no error so far.
+    assert not [url for url in tab.urls if "access_token" in url or "/oauth/" in url]
+    assert not [a for a in addresses if "/dicomweb/cap" in a or secret in a]
+    assert referers and not [r for r in referers if r], referers
+    assert secret not in demo["gateway"].log
+    assert not [u for u in tab.urls if not u.startswith((base, "data:", "blob:"))]
+    assert tab.failures == [], tab.failures
+
+    # The patient withdraws the share from the portal.
+    before = len(capability_answers)
+    mine.goto(f"{base}/portal/shares")
+    mine.get_by_role("button", name="Withdraw the share for OHIF recipient").click()
+    assert "was withdrawn" in mine.inner_text("main")
+    portal.close()
+    probe = tab.page.request.get(f"{root}/studies")
+    assert probe.status == 404
+    # OHIF's next renewal is refused: the tab goes to the share page, which explains.
+    tab.page.wait_for_url(f"{base}/share/view", timeout=30_000)
+    assert "Your access to these studies has ended" in tab.page.inner_text("body")
+    tab.page.screenshot(path=str(ARTIFACTS / "ohif-share-ended.png"))
+    assert not [a for a in capability_answers[before:] if a[0] < 400], capability_answers[before:]
+    # What failed is only what the withdrawal provoked: the renewal and the share page.
+    assert {status for status, _ in tab.failures} <= {401, 404}, tab.failures
+    assert any(url == f"{base}/share/ohif/renew" for _, url in tab.failures)
