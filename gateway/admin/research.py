@@ -126,8 +126,8 @@ async def deliver(request: Request) -> Response:
         await _project(request, services)
     except Refusal as refusal:
         return refusal.response()
-    delivered = await services.donation.deliver()
-    return JSONResponse({"delivered": delivered}, headers=NO_STORE)
+    queued = await services.donation.deliver()
+    return JSONResponse({"queued": queued}, status_code=202, headers=NO_STORE)
 
 
 async def package(request: Request) -> Response:

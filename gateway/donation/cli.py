@@ -156,12 +156,18 @@ def deliveries(
 
 @research_app.command("deliver")
 def deliver() -> None:
-    """One delivery pass now: donated studies not yet at their project's archive."""
+    """One delivery pass now: queue a transfer job for each donated study not yet at its
+    project's archive, then send what is due (as `gateway transfers run --once`)."""
 
     async def action(services: Any) -> Any:
-        return await services.donation.deliver()
+        queued = await services.donation.deliver()
+        worked = 0
+        while await services.worker.run_once():
+            worked += 1
+        return queued, worked
 
-    typer.echo(f"delivered {_run(action)} studies")
+    queued, worked = _run(action)
+    typer.echo(f"queued {queued} deliveries; worked on {worked} transfer job(s)")
 
 
 @research_app.command("package")

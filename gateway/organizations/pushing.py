@@ -16,6 +16,7 @@ from gateway.organizations.sending import Sends, SendState, state_of
 from gateway.store.models import Organization, OrganizationSend, TransferJob, as_utc
 from gateway.transfers.queue import TransferQueue
 from gateway.transfers.stow import StowTarget
+from gateway.transfers.worker import push_entry
 
 ORGANIZATION = "organization"
 
@@ -37,6 +38,9 @@ class OrganizationDestination:
             return True
         send = await self.sends.get(job.send_id)
         return send is not None and state_of(send, self.sends.clock()) is SendState.active
+
+    async def ended(self, job: TransferJob, status: str, detail: str) -> AuditEntry:
+        return push_entry(job, status, detail)
 
 
 @dataclass(frozen=True)
