@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from joserfc.jwk import RSAKey
 from typer.testing import CliRunner
 
+from gateway.auth.client_auth import JWT_BEARER
 from gateway.cli import app
 from tests.auth.test_backend_access import backend_token
 from tests.auth.test_oauth_api import Harness, bearer
@@ -20,19 +22,27 @@ from tests.support.catalog import by_patient, read_catalog
 
 pytestmark = pytest.mark.slow
 KEY = ("HOSP-A", "IS-1001")  # the patient ``enroll`` signs up
+BURNS_KEY = RSAKey.generate_key(2048, parameters={"kid": "burns"})  # its pulling client's
+PULLING: dict[str, str] = {}  # organization id -> its backend client's id
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory, embedded_data_dir: Path) -> Iterator[Harness]:
     workdir = tmp_path_factory.mktemp("staff")
     with portal_harness(workdir, embedded_data_dir, Clock(), transfer_worker=False) as made:
-        for org_id, name in (("trauma", "Trauma Centre"), ("burns", "Burns Unit")):
-            made.call(
+        for org_id, name, jwks in (
+            ("trauma", "Trauma Centre", None),
+            ("burns", "Burns Unit", {"keys": [BURNS_KEY.as_dict(private=False)]}),
+        ):
+            _, client = made.call(
                 made.services.auth.organizations.add,
                 org_id=org_id,
                 name=name,
+                jwks=jwks,
                 stow_url="http://127.0.0.1:9/dicom-web",  # never answers: pushes stay queued
             )
+            if client is not None:
+                PULLING[org_id] = client.client_id
         yield made
 
 
@@ -106,6 +116,22 @@ def test_orgs_remove_withdraws_the_sends_and_cancels_the_pushes(
     first = _send(harness, admin, "burns", studies[:1])
     second = _send(harness, admin, "burns", studies[1:3])
     kept = _send(harness, admin, "trauma", studies[:1])
+    # The organization's own backend client pulls what was sent to it, and only that.
+    pulled = harness.client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "client_credentials",
+            "scope": "system/ImagingStudy.rs",
+            "client_assertion_type": JWT_BEARER,
+            "client_assertion": harness.assertion(PULLING["burns"], BURNS_KEY),
+        },
+    )
+    assert pulled.status_code == 200, pulled.text
+    pull = bearer(pulled.json())
+    listed = harness.client.get("/fhir/ImagingStudy", headers=pull).json()
+    assert {e["resource"]["id"] for e in listed["entry"]} == set(studies[:3])
+    assert harness.client.get(f"/fhir/ImagingStudy/{studies[3]}", headers=pull).status_code == 404
+
     env = {
         "GATEWAY_DATABASE_URL": harness.settings.effective_database_url,
         "GATEWAY_DATA_DIR": str(harness.settings.data_dir),
@@ -131,6 +157,10 @@ def test_orgs_remove_withdraws_the_sends_and_cancels_the_pushes(
     (job,) = kept["pushes"]
     assert harness.call(harness.services.transfers.get, job["id"]).status == "queued"
     assert harness.call(harness.services.auth.organizations.get, "burns") is None
+    # Its client is refused from its next request on.
+    refused = harness.client.get(f"/fhir/ImagingStudy/{studies[0]}", headers=pull)
+    assert refused.status_code in (401, 403, 404), refused.text
+    assert "ImagingStudy" not in refused.json().get("resourceType", "")
 
     trail, _ = harness.call(harness.services.audit.search, patients=frozenset({patient.fhir_id}))
     removals = [e for e in trail if "Burns Unit was removed" in (e.detail or "")]
