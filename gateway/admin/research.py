@@ -92,7 +92,7 @@ async def project(request: Request) -> Response:
     except Refusal as refusal:
         return refusal.response()
     if request.method == "DELETE":
-        await services.donation.projects.remove(found.id)
+        await services.donation.remove_project(found.id)
         return Response(status_code=204, headers=NO_STORE)
     return JSONResponse(found.summary(), headers=NO_STORE)
 

@@ -121,7 +121,7 @@ def remove(project: Annotated[str, typer.Argument(help="The project's id.")]) ->
     """End a project: no more donations or deliveries; what it received stays listed."""
 
     async def action(services: Any) -> Any:
-        return await services.donation.projects.remove(project)
+        return await services.donation.remove_project(project)
 
     if not _run(action):
         console.print(f"[red]no project {escape(project)}[/red]")

@@ -12,7 +12,13 @@ from gateway.dicomweb.upstream import Upstream
 from gateway.donation import package as packaging
 from gateway.donation.consents import ALL, Consents, Donor
 from gateway.donation.deliveries import Delivered, Deliveries
-from gateway.donation.delivery import DeliveryPlanner, Donated, ResearchJobs, planned
+from gateway.donation.delivery import (
+    RESEARCH,
+    DeliveryPlanner,
+    Donated,
+    ResearchJobs,
+    planned,
+)
 from gateway.donation.projects import Project, Projects
 from gateway.donation.pull import Pull
 from gateway.errors import BadRequest, NotFound
@@ -145,6 +151,14 @@ class Donation:
                 detail=f"{project.name if project else row.project_id}: donation withdrawn",
             )
         )
+        return True
+
+    async def remove_project(self, project_id: str) -> bool:
+        """End a project: no more donations or deliveries (its unfinished ones are
+        cancelled); its records stay."""
+        if not await self.projects.remove(project_id):
+            return False
+        await self.queue.cancel_for_target(RESEARCH, project_id[:64], "the project was removed")
         return True
 
     # -- delivery ----------------------------------------------------------------

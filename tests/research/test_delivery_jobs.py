@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,8 @@ from gateway.store.database import Database
 from gateway.store.patients import PatientIndex
 from gateway.transfers.queue import TransferQueue
 from tests.auth.test_backend_access import backend_token as harness_token
-from tests.auth.test_oauth_api import bearer
-from tests.portal.support import enroll, hidden, portal_sign_in
+from tests.auth.test_oauth_api import Harness, bearer
+from tests.portal.support import Patient, enroll, hidden, portal_sign_in
 from tests.sites.receiver import Receiver, Running
 from tests.sites.test_two_sites import backend_token, jobs, wait_for
 from tests.support.catalog import by_patient, read_catalog
@@ -149,11 +150,13 @@ def test_a_delivery_cut_by_killing_the_gateway_resumes_without_sending_twice(
         site.stop()
 
 
-def test_withdrawal_cancels_queued_and_running_deliveries(
+@contextmanager
+def _donated_all(
     tmp_path: Path, fixture_files: list[Path], receiver: Receiver
-) -> None:
-    # Three studies of the patient ``enroll`` signs up (IS-1001), nothing else, in a store
-    # of the test's own.
+) -> Iterator[tuple[Harness, Patient, Any]]:
+    """A gateway (no background worker: the test runs its steps) over three studies of the
+    patient ``enroll`` signs up (IS-1001), who donated all of them to a project in the
+    portal; the donation's three deliveries are queued."""
     three = {s.uid for s in by_patient(read_catalog(fixture_files))[("HOSP-A", "IS-1001")][:3]}
     datasets = [d for d in map(dcmread, fixture_files) if str(d.StudyInstanceUID) in three]
     with private_store(
@@ -161,7 +164,7 @@ def test_withdrawal_cancels_queued_and_running_deliveries(
         tmp_path,
         datasets,
         research_sweep_seconds=0,
-        transfer_worker=False,  # the test runs the worker's steps itself
+        transfer_worker=False,
         transfer_batch=50,
     ) as harness:
         services = harness.services
@@ -187,7 +190,27 @@ def test_withdrawal_cancels_queued_and_running_deliveries(
             "the donation's deliveries to be queued",
         )
         assert harness.call(services.donation.deliver) == 0
+        yield harness, patient, project
 
+
+def test_removing_the_project_cancels_its_deliveries(
+    tmp_path: Path, fixture_files: list[Path], receiver: Receiver
+) -> None:
+    with _donated_all(tmp_path, fixture_files, receiver) as (harness, _, project):
+        admin = bearer(harness_token(harness, "admin/research"))
+        removed = harness.client.delete(f"/admin/research/projects/{project.id}", headers=admin)
+        assert removed.status_code == 204
+        rows = harness.call(harness.services.donation.deliveries.of_project, project.id)
+        assert [(r.status, r.error) for r in rows] == [("stopped", "the project was removed")] * 3
+        assert not harness.call(harness.services.worker.run_once)
+        assert sum(receiver.received.values()) == 0
+
+
+def test_withdrawal_cancels_queued_and_running_deliveries(
+    tmp_path: Path, fixture_files: list[Path], receiver: Receiver
+) -> None:
+    with _donated_all(tmp_path, fixture_files, receiver) as (harness, patient, project):
+        services = harness.services
         # One delivery goes all the way, one is running at another worker, one is queued.
         assert harness.call(services.worker.run_once)
         queue: TransferQueue = services.transfers
