@@ -76,26 +76,18 @@ def test_import_from_a_sending_site(
         # Nothing is fetched with the wrong key.
         wrong = tmp_path / "wrong.json"
         wrong.write_text(json.dumps(RSAKey.generate_key(2048).as_dict(private=True)))
-        refused = _import(
-            b, "--from-site", a.url, "--client", b_client, "--key", str(wrong), "--patient-id", "X"
-        )
+
+        def from_a(key_file: Path, *more: str) -> subprocess.CompletedProcess[str]:
+            return _import(
+                b, "--from-site", a.url, "--client", b_client, "--key", str(key_file), *more
+            )
+
+        refused = from_a(wrong, "--patient-id", "X")
         assert refused.returncode == 1
         assert "cannot import: the site refused the client (401" in refused.stdout + refused.stderr
         assert _stored(b) == []
 
-        done = _import(
-            b,
-            "--from-site",
-            a.url,
-            "--client",
-            b_client,
-            "--key",
-            str(private),
-            "--patient-id",
-            "B-900",
-            "--issuer",
-            "SITE-B",
-        )
+        done = from_a(private, "--patient-id", "B-900", "--issuer", "SITE-B")
         output = done.stdout + done.stderr
         assert done.returncode == 0, output
         assert "Fetching" in output and "Importing" in output
@@ -114,17 +106,7 @@ def test_import_from_a_sending_site(
             f"{a.url}/admin/transfers/{created.json()['id']}/revoke", headers=admin
         )
         assert revoked.status_code == 200
-        again = _import(
-            b,
-            "--from-site",
-            a.url,
-            "--client",
-            b_client,
-            "--key",
-            str(private),
-            "--patient-id",
-            "B-900",
-        )
+        again = from_a(private, "--patient-id", "B-900")
         assert again.returncode == 1
         assert "lets this client see no study" in again.stdout + again.stderr
         assert len(_stored(b)) == instances
