@@ -195,6 +195,11 @@ def fetch_from_site(
             if listed.status_code not in (200, 204):
                 raise ReceiveError(f"the site's study search answered {listed.status_code}")
             studies = [_values(s, "0020000D") for s in (listed.json() if listed.content else [])]
+            if not any(studies):
+                raise ReceiveError(
+                    "the site lets this client see no study (nothing was sent to it, or the "
+                    "send was withdrawn or has expired)"
+                )
             instances: list[tuple[str, str, str]] = []
             for study in filter(None, studies):
                 found = client.get(

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from gateway.audit import Auditor
 from gateway.auth.service import AuthServices
 from gateway.dicomweb.upstream import Upstream
+from gateway.donation.delivery import DEIDENTIFY, RESEARCH
 from gateway.donation.service import Donation
 from gateway.errors import UpstreamError
 from gateway.fhir.mapping import MappingContext
@@ -29,7 +30,7 @@ from gateway.settings import Settings
 from gateway.store.database import Database
 from gateway.transfers.queue import TransferQueue
 from gateway.transfers.transforms import Transforms
-from gateway.transfers.worker import TransferWorker, WorkerOptions
+from gateway.transfers.worker import Destination, TransferWorker, WorkerOptions
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +75,18 @@ def worker_options(settings: Settings) -> WorkerOptions:
 def create_worker(
     settings: Settings,
     auth: AuthServices,
+    donation: Donation,
     queue: TransferQueue,
     upstream: Upstream,
     transforms: Transforms,
     audit: Auditor,
 ) -> TransferWorker:
-    """The transfer worker, with every kind of destination this gateway pushes to."""
-    destinations = {ORGANIZATION: OrganizationDestination(auth.organizations, auth.sends)}
+    """The transfer worker, with every kind of destination this gateway pushes to:
+    organizations, and research projects' archives (de-identified on the way)."""
+    destinations: dict[str, Destination] = {
+        ORGANIZATION: OrganizationDestination(auth.organizations, auth.sends),
+        RESEARCH: donation.jobs,
+    }
     return TransferWorker(
         queue,
         upstream,
@@ -123,18 +129,19 @@ class Services:
         audit = Auditor(database.sessions)
         release = ReleasePolicy(settings, database.sessions, clock)
         records = Records.build(settings, upstream, database.sessions, release, audit)
+        transfers = TransferQueue(database.sessions)
         donation = Donation(
             database.sessions,
             upstream,
             records.jackets,
             audit,
+            transfers,
             sweep_seconds=settings.research_sweep_seconds,
-            max_attempts=settings.research_delivery_attempts,
         )
         records.studies.stored_listeners.append(donation.new_studies)
         auth = AuthServices.build(settings, database.sessions)
-        transfers = TransferQueue(database.sessions)
         transforms = Transforms()
+        transforms.register(DEIDENTIFY, donation.jobs.transform)
         return cls(
             settings=settings,
             database=database,
@@ -158,7 +165,7 @@ class Services:
             transfers=transfers,
             sites=SiteTransfers(auth.organizations, auth.sends, transfers, audit),
             transforms=transforms,
-            worker=create_worker(settings, auth, transfers, upstream, transforms, audit),
+            worker=create_worker(settings, auth, donation, transfers, upstream, transforms, audit),
             follower=create_follower(settings, records),
         )
 

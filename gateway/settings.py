@@ -203,12 +203,9 @@ class Settings(BaseSettings):
         300.0,
         description=(
             "Seconds between two passes of research delivery in each serving process "
-            "(donated studies not yet delivered, failed ones retried); 0: only when a "
+            "(donated studies without a delivery get a transfer job); 0: only when a "
             "donation is made, a study is stored, or `gateway research deliver` runs."
         ),
-    )
-    research_delivery_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
-        5, description="How many times a study's delivery to a research archive is tried."
     )
     cors_origins: str = Field(
         "*",

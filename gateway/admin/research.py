@@ -9,7 +9,8 @@
 - ``GET /admin/research/projects/{id}/deliveries[?withdrawn=true]``: what was delivered
   (with ``withdrawn=true``: what was delivered under a donation since withdrawn, for
   the project to delete), by pseudonyms;
-- ``POST /admin/research/projects/{id}/deliver``: one delivery pass now;
+- ``POST /admin/research/projects/{id}/deliver``: one delivery pass now (202: the
+  deliveries it queued, which the transfer worker sends);
 - ``GET /admin/research/projects/{id}/package``: the donated studies, de-identified, as
   one streamed ZIP.
 """
@@ -18,33 +19,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from gateway import forms
-from gateway.admin.routes import NO_STORE, Refusal, admin_grant
+from gateway.admin.routes import NO_STORE, Refusal, admin_grant, read_json
+from gateway.auth.clients import ClientKind
 from gateway.donation.projects import Project, ProjectError
 from gateway.services import Services
 
 SCOPE = "admin/research"
 MAX_BODY = 16 << 10
-
-
-async def _json(request: Request) -> dict[str, Any]:
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json":
-        raise Refusal(415, "invalid_request", "Send the project as application/json.")
-    try:
-        body = orjson.loads(await forms.read_body(request, MAX_BODY))
-    except forms.BodyRejected as exc:
-        raise Refusal(exc.status, "invalid_request", exc.message) from None
-    except orjson.JSONDecodeError:
-        raise Refusal(400, "invalid_request", "The body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise Refusal(400, "invalid_request", "The body must be a JSON object.")
-    return body
 
 
 def _text(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:
@@ -70,10 +55,17 @@ async def projects(request: Request) -> Response:
         if request.method == "GET":
             listed = [p.summary() for p in await services.donation.projects.all()]
             return JSONResponse({"projects": listed}, headers=NO_STORE)
-        body = await _json(request)
+        body = await read_json(request, "the project")
         options = body.get("options", [])
         if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
             raise Refusal(400, "invalid_request", "options must be a list of option names.")
+        if not isinstance(body.get("acceptBurnedIn", False), bool):
+            raise Refusal(400, "invalid_request", "acceptBurnedIn must be true or false.")
+        client_id = _text(body, "clientId")
+        if client_id is not None:
+            client = await services.auth.clients.get(client_id)
+            if client is None or client.kind != ClientKind.backend.value:
+                raise Refusal(400, "invalid_request", "clientId names no backend client here.")
         try:
             made = await services.donation.projects.add(
                 name=_text(body, "name", required=True) or "",
@@ -83,7 +75,7 @@ async def projects(request: Request) -> Response:
                 archive_token=_text(body, "archiveToken"),
                 options=options,
                 accept_burned_in=body.get("acceptBurnedIn") is True,
-                client_id=_text(body, "clientId"),
+                client_id=client_id,
             )
         except ProjectError as exc:
             raise Refusal(400, "invalid_request", str(exc)) from None
@@ -100,7 +92,7 @@ async def project(request: Request) -> Response:
     except Refusal as refusal:
         return refusal.response()
     if request.method == "DELETE":
-        await services.donation.projects.remove(found.id)
+        await services.donation.remove_project(found.id)
         return Response(status_code=204, headers=NO_STORE)
     return JSONResponse(found.summary(), headers=NO_STORE)
 
@@ -126,8 +118,8 @@ async def deliver(request: Request) -> Response:
         await _project(request, services)
     except Refusal as refusal:
         return refusal.response()
-    delivered = await services.donation.deliver()
-    return JSONResponse({"delivered": delivered}, headers=NO_STORE)
+    queued = await services.donation.deliver()
+    return JSONResponse({"queued": queued}, status_code=202, headers=NO_STORE)
 
 
 async def package(request: Request) -> Response:

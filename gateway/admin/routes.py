@@ -126,18 +126,19 @@ def _birth_date(value: Any) -> str:
     return value
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    return await _body(request)
+async def read_json(request: Request, what: str = "the request") -> dict[str, Any]:
+    """A JSON object body of at most 16 KiB, or a Refusal saying what is wrong."""
+    return await _body(request, what)
 
 
 async def patient_named(services: Services, body: dict[str, Any]) -> str:
     return await _patient_id(services, body)
 
 
-async def _body(request: Request) -> dict[str, Any]:
+async def _body(request: Request, what: str = "the enrollment") -> dict[str, Any]:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
-        raise Refusal(415, "invalid_request", "Send the enrollment as application/json.")
+        raise Refusal(415, "invalid_request", f"Send {what} as application/json.")
     try:
         raw = await forms.read_body(request, MAX_BODY)
     except forms.BodyRejected as exc:

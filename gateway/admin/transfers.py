@@ -58,7 +58,7 @@ async def create(request: Request) -> Response:
     services: Services = request.state.services
     try:
         grant = await admin_grant(request, services, SCOPE)
-        body = await read_json(request)
+        body = await read_json(request, "the send")
         fhir_id = await patient_named(services, body)
         org_id, studies = body.get("organization"), body.get("studies")
         reason, days = body.get("reason"), body.get("days", services.settings.share_days)

@@ -6,8 +6,8 @@
   studies (future ones included), and its withdrawal;
 - ``copies``: a donated study's de-identified instances, one at a time, through
   the engine in ``gateway.research``;
-- ``delivery``: where copies go (``ArchiveDelivery``: STOW-RS for now, the
-  transfer engine later) and the runner that delivers, retries and stops;
+- ``delivery``: deliveries to a project's archive as transfer jobs (the planner
+  that queues them; the worker's destination and de-identifying transform);
 - ``package``: a project's de-identified copies as one streamed ZIP;
 - ``pull``: what a project's research backend client sees, pseudonymized on the fly;
 - ``service``: ``Donation``, the one object the routes and the CLI use.

@@ -121,7 +121,7 @@ def remove(project: Annotated[str, typer.Argument(help="The project's id.")]) ->
     """End a project: no more donations or deliveries; what it received stays listed."""
 
     async def action(services: Any) -> Any:
-        return await services.donation.projects.remove(project)
+        return await services.donation.remove_project(project)
 
     if not _run(action):
         console.print(f"[red]no project {escape(project)}[/red]")
@@ -156,12 +156,18 @@ def deliveries(
 
 @research_app.command("deliver")
 def deliver() -> None:
-    """One delivery pass now: donated studies not yet at their project's archive."""
+    """One delivery pass now: queue a transfer job for each donated study not yet at its
+    project's archive, then send what is due (as `gateway transfers run --once`)."""
 
     async def action(services: Any) -> Any:
-        return await services.donation.deliver()
+        queued = await services.donation.deliver()
+        worked = 0
+        while await services.worker.run_once():
+            worked += 1
+        return queued, worked
 
-    typer.echo(f"delivered {_run(action)} studies")
+    queued, worked = _run(action)
+    typer.echo(f"queued {queued} deliveries; worked on {worked} transfer job(s)")
 
 
 @research_app.command("package")

@@ -68,11 +68,19 @@ async def listed(upstream: Upstream, study_uid: str, donor: PatientKey) -> list[
     return originals
 
 
-def _deidentify_bytes(raw: bytes, project: Project) -> Copy | Excluded | None:
+def _key(dataset: Dataset) -> PatientKey:
+    return (str(dataset.get("IssuerOfPatientID", "") or ""), str(dataset.get("PatientID", "")))
+
+
+def _deidentify_bytes(
+    raw: bytes, project: Project, donor: PatientKey | None = None
+) -> Copy | Excluded | None:
     try:
         dataset = dcmread(BytesIO(raw))
     except (InvalidDicomError, ValueError, EOFError, OSError):
         return None
+    if donor is not None and _key(dataset) != donor:
+        return Excluded("not-the-donor", "the instance is not of the donor's PatientID")
     result = deidentify(dataset, project.key, project.profile)
     if isinstance(result, Excluded):
         return result
@@ -86,6 +94,13 @@ def _deidentify_bytes(raw: bytes, project: Project) -> Copy | Excluded | None:
         result.patient_pseudonym,
         out.getvalue(),
     )
+
+
+def deidentified_part10(raw: bytes, project: Project, donor: PatientKey) -> bytes | None:
+    """One instance as stored -> its de-identified Part 10 bytes; None when it is left out
+    (excluded by the profile, unreadable, or not the donor's). Blocking."""
+    made = _deidentify_bytes(raw, project, donor)
+    return made.data if isinstance(made, Copy) else None
 
 
 async def copy_of(upstream: Upstream, project: Project, original: Original) -> Copy | Excluded:

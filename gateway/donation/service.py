@@ -13,16 +13,18 @@ from gateway.donation import package as packaging
 from gateway.donation.consents import ALL, Consents, Donor
 from gateway.donation.deliveries import Delivered, Deliveries
 from gateway.donation.delivery import (
-    ArchiveDelivery,
-    DeliveryRunner,
+    RESEARCH,
+    DeliveryPlanner,
     Donated,
-    StowDelivery,
+    ResearchJobs,
+    planned,
 )
 from gateway.donation.projects import Project, Projects
 from gateway.donation.pull import Pull
 from gateway.errors import BadRequest, NotFound
 from gateway.records.jacket import Jackets
 from gateway.store.models import ResearchConsent
+from gateway.transfers.queue import TransferQueue
 
 
 @dataclass(frozen=True)
@@ -41,28 +43,26 @@ class Donation:
         upstream: Upstream,
         jackets: Jackets,
         audit: Auditor,
+        queue: TransferQueue,
         *,
         sweep_seconds: float,
-        max_attempts: int,
-        archive: ArchiveDelivery | None = None,
     ) -> None:
         self.upstream = upstream
         self.jackets = jackets
         self.audit = audit
+        self.queue = queue
         self.projects = Projects(sessions)
         self.consents = Consents(sessions)
         self.deliveries = Deliveries(sessions)
         self.pull = Pull(upstream)
-        self.runner = DeliveryRunner(
+        # The transfer worker's destination and transform for research jobs.
+        self.jobs = ResearchJobs(self.projects, self.consents, self.deliveries)
+        self.planner = DeliveryPlanner(
             projects=self.projects,
-            consents=self.consents,
             deliveries=self.deliveries,
             donated=self.donated,
-            upstream=upstream,
-            audit=audit,
-            archive=archive or StowDelivery(),
+            queue=queue,
             sweep_seconds=sweep_seconds,
-            max_attempts=max_attempts,
         )
 
     # -- what is donated -------------------------------------------------------
@@ -129,14 +129,16 @@ class Donation:
                 for uid in wanted
             )
         )
-        self.runner.kick(frozenset({patient}))
+        self.planner.kick(frozenset({patient}))
         return made
 
     async def withdraw(self, consent_id: str, patient: str | None, *, by: str) -> bool:
-        """Withdraw a donation (the patient's own, when ``patient`` is given)."""
+        """Withdraw a donation (the patient's own, when ``patient`` is given): its queued
+        deliveries are cancelled, a running one stops before its next batch."""
         row = await self.consents.withdraw(consent_id, patient, by)
         if row is None:
             return False
+        await self.queue.cancel_for_send(row.id)
         project = await self.projects.get(row.project_id)
         await self.audit.record(
             AuditEntry(
@@ -151,17 +153,26 @@ class Donation:
         )
         return True
 
+    async def remove_project(self, project_id: str) -> bool:
+        """End a project: no more donations or deliveries (its unfinished ones are
+        cancelled); its records stay."""
+        if not await self.projects.remove(project_id):
+            return False
+        await self.queue.cancel_for_target(RESEARCH, project_id[:64], "the project was removed")
+        return True
+
     # -- delivery ----------------------------------------------------------------
 
     def new_studies(self, keys: frozenset[tuple[str, str]]) -> None:
         """The gateway stored studies of these patients: deliver what "all, future
         included" donations now cover (the study index's STOW hook)."""
         if keys:
-            self.runner.kick(None)
+            self.planner.kick(None)
 
     async def deliver(self) -> int:
-        """One delivery pass now (the CLI, the tests)."""
-        return await self.runner.run_once()
+        """One pass now: queue the deliveries not yet queued (the transfer worker sends
+        them); answers how many."""
+        return await self.planner.run_once()
 
     async def package(self, project: Project) -> AsyncIterator[bytes]:
         """The project's donated studies, de-identified, as one streamed ZIP; each study
@@ -169,17 +180,9 @@ class Donation:
         donated = await self.donated(project)
 
         async def recorded(study: Donated, sent: int, excluded: int) -> None:
-            row = await self.deliveries.claim(
-                project_id=project.id,
-                consent_id=study.consent_id,
-                patient=study.patient,
-                study_uid=study.study_uid,
-                pseudonymous_study_uid=project.new_uid(study.study_uid),
-                patient_pseudonym=project.pseudonyms.patient_id(study.key[1], study.key[0]),
-                max_attempts=1 << 30,
-            )
-            if row is not None:
-                await self.deliveries.finish(row, status="delivered", sent=sent, excluded=excluded)
+            if await self.deliveries.packaged(
+                planned(project, study), sent=sent, excluded=excluded
+            ):
                 await self.audit.record(
                     AuditEntry(
                         category="research",
@@ -195,7 +198,7 @@ class Donation:
         return packaging.package(self.upstream, project, donated, recorded)
 
     def start(self) -> None:
-        self.runner.start()
+        self.planner.start()
 
     async def aclose(self) -> None:
-        await self.runner.aclose()
+        await self.planner.aclose()

@@ -12,12 +12,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gateway.audit import Auditor
 from gateway.auth.clients import describe as describe_client
 from gateway.auth.service import AuthServices
+from gateway.organizations.pushing import SiteTransfers
 from gateway.organizations.registry import DEFAULT_PULL_SCOPE, OrganizationError, describe
 from gateway.organizations.sealing import KeyMissing
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.store.database import Database
+from gateway.transfers.queue import TransferQueue
 
 T = TypeVar("T")
 console = Console(stderr=True)
@@ -185,15 +188,21 @@ def orgs_list(
 @orgs_app.command("remove")
 def orgs_remove(org_id: str) -> None:
     """Remove an organization and its backend clients: they see nothing from their next
-    request; its unfinished pushes fail."""
+    request; every send to it is withdrawn (its FHIR Consent inactive, in the patient's
+    Activity) and its unfinished pushes are cancelled."""
 
-    async def remove(auth: AuthServices) -> bool:
-        return await auth.organizations.remove(org_id)
+    async def remove(auth: AuthServices) -> int | None:
+        sessions = auth.sends.sessions
+        sites = SiteTransfers(
+            auth.organizations, auth.sends, TransferQueue(sessions), Auditor(sessions)
+        )
+        return await sites.remove_organization(org_id)
 
-    if not _run(remove):
+    withdrawn = _run(remove)
+    if withdrawn is None:
         console.print(f"[red]no organization {org_id}[/red]")
         raise typer.Exit(1)
-    console.print(f"removed {org_id}")
+    console.print(f"removed {org_id}; {withdrawn} send(s) to it withdrawn")
 
 
 def register(app: typer.Typer) -> None:

@@ -16,6 +16,7 @@ from gateway.organizations.sending import Sends, SendState, state_of
 from gateway.store.models import Organization, OrganizationSend, TransferJob, as_utc
 from gateway.transfers.queue import TransferQueue
 from gateway.transfers.stow import StowTarget
+from gateway.transfers.worker import push_entry
 
 ORGANIZATION = "organization"
 
@@ -37,6 +38,9 @@ class OrganizationDestination:
             return True
         send = await self.sends.get(job.send_id)
         return send is not None and state_of(send, self.sends.clock()) is SendState.active
+
+    async def ended(self, job: TransferJob, status: str, detail: str) -> AuditEntry:
+        return push_entry(job, status, detail)
 
 
 @dataclass(frozen=True)
@@ -139,3 +143,30 @@ class SiteTransfers:
             )
         )
         return revoked
+
+    async def remove_organization(self, org_id: str) -> int | None:
+        """Remove an organization: its sends are withdrawn (each in its patient's trail),
+        its unfinished pushes cancelled, then the record and its backend clients go.
+        Answers how many sends were withdrawn; None when there is no such organization."""
+        organization = await self.organizations.get(org_id)
+        if organization is None:
+            return None
+        revoked = await self.sends.revoke_organization(organization.id)
+        await self.queue.cancel_for_target(
+            ORGANIZATION, organization.id, "the organization was removed"
+        )
+        if revoked:
+            await self.audit.record(
+                *(
+                    AuditEntry(
+                        category="transfer",
+                        action="revoke",
+                        outcome=200,
+                        patient=send.patient_fhir_id,
+                        detail=f"send {send.id}: {organization.name} was removed from here",
+                    )
+                    for send in revoked
+                )
+            )
+        await self.organizations.remove(organization.id)
+        return len(revoked)

@@ -130,6 +130,24 @@ class Sends:
             await session.commit()
         return bool(revoked.rowcount)  # type: ignore[attr-defined]
 
+    async def revoke_organization(self, organization_id: str) -> list[OrganizationSend]:
+        """Withdraw every send to the organization not withdrawn yet (it is being removed);
+        answers them."""
+        now = self.clock()
+        async with self.sessions() as session:
+            found = list(
+                await session.scalars(
+                    select(OrganizationSend).where(
+                        OrganizationSend.organization_id == organization_id,
+                        OrganizationSend.revoked_at.is_(None),
+                    )
+                )
+            )
+            for send in found:
+                send.revoked_at = now
+            await session.commit()
+        return found
+
     async def granted(self, organization_id: str) -> list[Entry]:
         """The studies of the organization's active sends, as pre-authorized entries."""
         now = self.clock()

@@ -44,6 +44,12 @@ WHAT = {
     ("research", "donate"): "You donated to a research project",
     ("research", "withdraw"): "You withdrew a research donation",
     ("research", "deliver"): "A de-identified copy went to a research project",
+    (
+        "research",
+        "deliver-partial",
+    ): "A de-identified copy went to a research project in part: some images were refused",
+    ("research", "deliver-failed"): "A de-identified copy could not go to a research project",
+    ("research", "deliver-stopped"): "A delivery to a research project was stopped",
     ("research", "pull"): "A research project read a de-identified copy",
     ("transfer", "send"): "Studies were sent to a hospital",
     ("transfer", "revoke"): "A send to a hospital was withdrawn",
@@ -70,7 +76,12 @@ PROBLEMS = {
     "push-partial": "Partly delivered",
     "push-failed": "Failed",
     "push-cancelled": "Stopped",
+    "deliver-partial": "Partly delivered",
+    "deliver-failed": "Failed",
+    "deliver-stopped": "Stopped",
 }
+# Whose detail (counts, the reason) the patient is shown.
+DETAILED = ("transfer", "research")
 
 
 @signed_in
@@ -92,7 +103,7 @@ async def activity(
             "what": _what(record),
             "study": studies.get(record.study, "a study") if record.study else None,
             "result": _result(record),
-            "detail": record.detail if record.category == "transfer" else None,
+            "detail": record.detail if _detailed(record) else None,
         }
         for record in records
     ]
@@ -108,8 +119,14 @@ async def activity(
     )
 
 
+def _detailed(record: AuditRecord) -> bool:
+    return record.category == "transfer" or (
+        record.category == "research" and record.action.startswith("deliver")
+    )
+
+
 def _result(record: AuditRecord) -> str:
-    if record.category == "transfer" and record.action in PROBLEMS:
+    if record.category in DETAILED and record.action in PROBLEMS:
         return PROBLEMS[record.action]
     return "Done" if record.outcome < 400 else "Refused"
 

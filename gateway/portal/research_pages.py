@@ -33,7 +33,7 @@ async def _page(
     found = await services.donation.of_patient(patient)
     delivered: dict[str, int] = {}
     for delivery in found.deliveries:
-        if delivery.status == "delivered":
+        if delivery.went:
             delivered[delivery.consent_id] = delivered.get(delivery.consent_id, 0) + 1
     projects: list[dict[str, Any]] = []
     for project in found.projects:

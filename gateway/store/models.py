@@ -439,7 +439,9 @@ class ResearchDelivery(Base):
     study_uid: Mapped[str] = mapped_column(String(64))
     pseudonymous_study_uid: Mapped[str] = mapped_column(String(64))
     patient_pseudonym: Mapped[str] = mapped_column(String(64), default="")
-    # pending, delivered, failed, stopped (withdrawn before it went)
+    # A delivery to an archive is a transfer job (``job_id``): its status, counts and
+    # error are the job's. A download package's row has no job: ``delivered`` here.
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     sent: Mapped[int] = mapped_column(Integer, default=0)
     excluded: Mapped[int] = mapped_column(Integer, default=0)
@@ -519,6 +521,7 @@ class TransferJob(Base):
     total: Mapped[int] = mapped_column(Integer, default=0)
     sent: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
+    excluded: Mapped[int] = mapped_column(Integer, default=0)  # left out by the transform
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_try_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     lease_holder: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -34,7 +35,7 @@ class TransferQueue:
         self.sessions = sessions
         self.clock = clock
 
-    async def enqueue(
+    def new_job(
         self,
         *,
         target_kind: str,
@@ -44,7 +45,8 @@ class TransferQueue:
         patient: str | None = None,
         transform: str = "identity",
     ) -> TransferJob:
-        job = TransferJob(
+        """A queued job, not yet saved (for a caller that saves it with rows of its own)."""
+        return TransferJob(
             id=new_id(),
             target_kind=target_kind,
             target_id=target_id,
@@ -56,11 +58,16 @@ class TransferQueue:
             total=0,
             sent=0,
             failed=0,
+            excluded=0,
             attempts=0,
             next_try_at=self.clock(),
             last_error="",
             created_at=self.clock(),
         )
+
+    async def enqueue(self, **fields: Any) -> TransferJob:
+        """A new job (the fields of :meth:`new_job`), saved."""
+        job = self.new_job(**fields)
         async with self.sessions() as session:
             session.add(job)
             await session.commit()
@@ -161,6 +168,7 @@ class TransferQueue:
                     total=total,
                     sent=int(counts.get(STORED, 0)),
                     failed=int(counts.get(REFUSED, 0)),
+                    excluded=int(counts.get(EXCLUDED, 0)),
                 )
             )
             await session.commit()
@@ -213,15 +221,28 @@ class TransferQueue:
         return bool(finished.rowcount)  # type: ignore[attr-defined]
 
     async def cancel_for_send(self, send_id: str) -> int:
-        """A withdrawn consent: its unfinished pushes stop (a running one at its next batch)."""
+        """A withdrawn consent (an organization send, or a research donation): its
+        unfinished jobs stop (a running one at its next batch)."""
+        return await self._cancel(TransferJob.send_id == send_id, "the consent was withdrawn")
+
+    async def cancel_for_target(self, target_kind: str, target_id: str, reason: str) -> int:
+        """A target that is gone (an organization removed): its unfinished jobs stop."""
+        return await self._cancel(
+            and_(TransferJob.target_kind == target_kind, TransferJob.target_id == target_id),
+            reason,
+        )
+
+    async def _cancel(self, which: object, reason: str) -> int:
         async with self.sessions() as session:
             cancelled = await session.execute(
                 update(TransferJob)
-                .where(TransferJob.send_id == send_id, TransferJob.status.in_(OPEN))
+                .where(which, TransferJob.status.in_(OPEN))  # type: ignore[arg-type]
                 .values(
                     status="cancelled",
-                    last_error="the consent was withdrawn",
+                    last_error=reason[:1000],
                     finished_at=self.clock(),
+                    lease_holder=None,
+                    lease_until=None,
                 )
             )
             await session.commit()

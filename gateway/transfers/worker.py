@@ -7,8 +7,14 @@ crash or a restart sends each instance once. A try that fails for a reason worth
 retrying (the receiver down, 5xx, the archive here unavailable) is counted and the
 job waits ``backoff * 2**(tries-1)`` (at most ``backoff_max``) before the next one;
 after ``attempts`` tries it ends as failed, with the reason. Each final status
-(done, partial, failed, cancelled) goes to the audit trail under the patient, so it
-is in their Activity, and stays on the job for staff.
+(done, partial, failed, cancelled) goes to the audit trail under the patient, in the
+words of the job's destination, so it is in their Activity, and stays on the job for
+staff.
+
+A job's transform (``identity``, or one registered by name, such as the research
+de-identification) changes each instance's bytes before it goes, or leaves it out
+(counted as excluded). The receiver names what it stored by the UIDs it was sent, so
+for a transformed instance the worker reads the new SOP Instance UID from the bytes.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from io import BytesIO
 from typing import Protocol
 
 import anyio
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 
 from gateway.audit import AuditEntry, Auditor
 from gateway.auth.secrets import new_id
@@ -32,7 +41,13 @@ from gateway.errors import GatewayError, NotFound
 from gateway.store.models import TransferJob, utcnow
 from gateway.transfers.queue import EXCLUDED, REFUSED, STORED, TransferQueue
 from gateway.transfers.stow import StowClient, StowRefused, StowTarget, StowUnavailable
-from gateway.transfers.transforms import TransformContext, Transforms, UnknownTransform
+from gateway.transfers.transforms import (
+    IDENTITY,
+    Transform,
+    TransformContext,
+    Transforms,
+    UnknownTransform,
+)
 
 logger = logging.getLogger(__name__)
 FIELDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
@@ -47,6 +62,9 @@ class Destination(Protocol):
     async def wanted(self, job: TransferJob) -> bool:
         """Is the push still wanted (its consent active)? False: the job is cancelled."""
 
+    async def ended(self, job: TransferJob, status: str, detail: str) -> AuditEntry:
+        """The audit record (in the patient's Activity) of the job's final status."""
+
 
 @dataclass(frozen=True)
 class WorkerOptions:
@@ -57,6 +75,21 @@ class WorkerOptions:
     poll: float = 2.0
     lease: float = 60.0
     timeout: float = 60.0
+
+
+def transformed(
+    transform: Transform, data: bytes, context: TransformContext, sop: str, identity: bool
+) -> tuple[bytes, str] | None:
+    """The instance through the transform (blocking), with the SOP Instance UID it now
+    carries; None when the transform left it out or made something unreadable."""
+    changed = transform(data, context)
+    if changed is None or identity:
+        return None if changed is None else (changed, sop)
+    try:
+        read = dcmread(BytesIO(changed), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+    except (InvalidDicomError, ValueError, EOFError, OSError):
+        return None
+    return changed, str(read.get("SOPInstanceUID", "")) or sop
 
 
 @dataclass(frozen=True)
@@ -154,7 +187,7 @@ class TransferWorker:
             return
         client = StowClient(target, timeout=self.options.timeout)
         try:
-            await self._send_all(job, destination, client, transform)
+            await self._send_all(job, destination, client, transform, job.transform == IDENTITY)
         except _Retry as retry:
             await self._retry(job, str(retry))
         except StowRefused as exc:
@@ -167,7 +200,8 @@ class TransferWorker:
         job: TransferJob,
         destination: Destination,
         client: StowClient,
-        transform: Callable[[bytes, TransformContext], bytes | None],
+        transform: Transform,
+        identity: bool,
     ) -> None:
         try:
             instances = await self._instances(job.studies)
@@ -184,7 +218,7 @@ class TransferWorker:
                 await self._end(job, "cancelled", "the consent was withdrawn or has expired")
                 return
             batch = todo[start : start + self.options.batch]
-            items, parts, sent = [], [], []
+            items, parts, sent = [], [], []  # sent: (the original, the UID it went as)
             for instance in batch:
                 data = await self._bytes(instance)
                 if data is None:
@@ -192,26 +226,26 @@ class TransferWorker:
                         (instance.sop, instance.study, REFUSED, "no longer in the archive")
                     )
                     continue
-                changed = await anyio.to_thread.run_sync(transform, data, context)
+                changed = await anyio.to_thread.run_sync(
+                    transformed, transform, data, context, instance.sop, identity
+                )
                 if changed is None:
                     items.append(
                         (instance.sop, instance.study, EXCLUDED, "left out by the transform")
                     )
                     continue
-                parts.append(changed)
-                sent.append(instance)
+                parts.append(changed[0])
+                sent.append((instance, changed[1]))
             if parts:
                 try:
                     answer = await client.send(parts)
                 except StowUnavailable as exc:
                     await self.queue.record(job.id, self.holder, items, len(instances))
                     raise _Retry(str(exc)) from None
-                for instance in sent:
-                    if instance.sop in answer.failed:
-                        items.append(
-                            (instance.sop, instance.study, REFUSED, answer.failed[instance.sop])
-                        )
-                    elif instance.sop in answer.stored or answer.status == 200:
+                for instance, uid in sent:
+                    if uid in answer.failed:
+                        items.append((instance.sop, instance.study, REFUSED, answer.failed[uid]))
+                    elif uid in answer.stored or answer.status == 200:
                         items.append((instance.sop, instance.study, STORED, ""))
                     else:
                         items.append(
@@ -287,17 +321,30 @@ class TransferWorker:
         current = await self.queue.get(job.id) or job
         logger.info("transfer %s: %s %s", job.id, status, reason)
         detail = (
-            f"push {job.id} to {job.target_kind} {job.target_id}: {status}, "
             f"{current.sent} of {current.total} instances stored"
             + (f", {current.failed} refused" if current.failed else "")
+            + (f", {current.excluded} left out" if current.excluded else "")
             + (f" ({reason})" if reason else "")
         )
+        destination = self.destinations.get(job.target_kind)
         await self.audit.record(
-            AuditEntry(
-                category="transfer",
-                action=f"push-{status}",
-                outcome=200 if status == "done" else 409 if status == "cancelled" else 502,
-                patient=job.patient_fhir_id,
-                detail=detail,
-            )
+            await destination.ended(current, status, detail)
+            if destination is not None
+            else push_entry(current, status, detail)
         )
+
+
+def push_entry(job: TransferJob, status: str, detail: str) -> AuditEntry:
+    """The audit record of a push's final status, in the patient's Activity."""
+    return AuditEntry(
+        category="transfer",
+        action=f"push-{status}",
+        outcome=outcome(status),
+        patient=job.patient_fhir_id,
+        detail=f"push {job.id} to {job.target_kind} {job.target_id}: {status}, {detail}",
+    )
+
+
+def outcome(status: str) -> int:
+    """The audit outcome of a final status: 200 done, 409 cancelled, 502 otherwise."""
+    return 200 if status == "done" else 409 if status == "cancelled" else 502

@@ -131,7 +131,13 @@ def world(
     workdir = tmp_path_factory.mktemp("donation")
     with (
         run_orthanc(workdir / "research-archive") as archive,
-        private_store(request.param, workdir / "source", kept, research_sweep_seconds=0) as harness,
+        private_store(
+            request.param,
+            workdir / "source",
+            kept,
+            research_sweep_seconds=0,
+            transfer_poll_seconds=0.2,
+        ) as harness,
     ):
         patient = enroll(harness, "Donna Donor")
         yield World(
@@ -154,6 +160,19 @@ def _project(world: World, name: str, *, archive: bool, client: str | None = Non
         options=OPTIONS,
         client_id=client,
     )
+
+
+def _deliver(world: World, project_id: str) -> None:
+    """A delivery pass now, then wait for the transfer worker (running in the gateway)
+    to finish every delivery of the project."""
+    world.harness.call(world.harness.services.donation.deliver)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        rows = world.harness.call(world.harness.services.donation.deliveries.of_project, project_id)
+        if all(r.status not in ("queued", "sending") for r in rows):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the research deliveries did not end")
 
 
 def _donate_in_portal(world: World, project_id: str, studies: list[str]) -> None:
@@ -199,8 +218,8 @@ def test_a_donated_study_reaches_the_research_archive_de_identified(world: World
     project = _project(world, "Lung screening cohort", archive=True)
     study = world.studies[0]
     _donate_in_portal(world, project.id, [study])
-    # The donation started a delivery; this pass waits for it (one pass at a time).
-    world.harness.call(world.harness.services.donation.deliver)
+    # The donation queued a delivery; the transfer worker sends it.
+    _deliver(world, project.id)
     expected = project.new_uid(study)
     assert expected in _archive_studies(world.archive)
     forbidden = _identifying([ds for uids in world.originals.values() for ds in uids])
@@ -312,7 +331,7 @@ def _delivered(world: World, project_id: str) -> set[str]:
 def test_all_future_included_then_withdrawal_stops_the_next_delivery(world: World) -> None:
     project = _project(world, "Longitudinal cohort", archive=True)
     _donate_in_portal(world, project.id, ["all"])
-    world.harness.call(world.harness.services.donation.deliver)
+    _deliver(world, project.id)
     assert _delivered(world, project.id) == set(world.studies)
 
     # A new study arrives by STOW: the "future included" donation delivers it, unasked.
@@ -339,7 +358,7 @@ def test_all_future_included_then_withdrawal_stops_the_next_delivery(world: Worl
         later.append(copy)
     before = _archive_studies(world.archive)
     _stow(world, later)
-    world.harness.call(world.harness.services.donation.deliver)
+    _deliver(world, project.id)
     assert study_uid not in _delivered(world, project.id)
     assert _archive_studies(world.archive) == before
 

@@ -1,9 +1,11 @@
 """A STOW-RS receiver for push tests: a real HTTP server (uvicorn in a thread) that
-counts every instance it is sent, can be down (503), refuses chosen instances in a
-PS3.18 Failed SOP Sequence, and can demand an OAuth token from its own token URL."""
+counts every instance it is sent, can be down (503), can hold a request unanswered
+(to kill the sender in the middle of a push), refuses chosen instances in a PS3.18
+Failed SOP Sequence, and can demand an OAuth token from its own token URL."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import threading
 import time
@@ -27,6 +29,8 @@ CLIENT_ID, CLIENT_SECRET = "gateway-a", "s3cret-for-tests"
 class Receiver:
     down: bool = False
     down_after: int | None = None  # go down once this many instances were received
+    stall_after: int | None = None  # hold requests unread once this many were received
+    stalled: int = 0  # requests held so far
     refuse: set[str] = field(default_factory=set)
     oauth: bool = False
     received: Counter[str] = field(default_factory=Counter)
@@ -52,6 +56,11 @@ class Receiver:
         if self.down_after is not None and sum(self.received.values()) >= self.down_after:
             self.down = True
         if self.down:
+            return Response(status_code=503)
+        if self.stall_after is not None and sum(self.received.values()) >= self.stall_after:
+            self.stalled += 1
+            while self.stall_after is not None:  # until the test lets go; nothing is read
+                await asyncio.sleep(0.05)
             return Response(status_code=503)
         if self.oauth and not request.headers.get("authorization", "").startswith("Bearer t"):
             return Response(status_code=401)

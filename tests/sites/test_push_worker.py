@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from gateway.audit import Auditor
+from gateway.audit import AuditEntry, Auditor
 from gateway.dicomweb.file_store import FileStoreUpstream
 from gateway.store.database import Database
 from gateway.store.models import TransferJob
 from gateway.transfers.queue import TransferQueue
 from gateway.transfers.stow import StowTarget
 from gateway.transfers.transforms import Transforms
-from gateway.transfers.worker import TransferWorker, WorkerOptions
+from gateway.transfers.worker import TransferWorker, WorkerOptions, push_entry
 from tests.sites.receiver import CLIENT_ID, CLIENT_SECRET, Receiver, Running
 from tests.support.catalog import by_patient, read_catalog
 
@@ -39,6 +39,9 @@ class Destination:
     async def wanted(self, job: TransferJob) -> bool:
         self.checks += 1
         return self.wanted_for is None or self.checks <= self.wanted_for
+
+    async def ended(self, job: TransferJob, status: str, detail: str) -> AuditEntry:
+        return push_entry(job, status, detail)
 
 
 @pytest.fixture
