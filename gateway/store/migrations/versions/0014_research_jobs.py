@@ -2,7 +2,7 @@
 instances a job's transform left out.
 
 Revision ID: 0014
-Revises: 0013
+Revises: 0011
 Create Date: 2026-11-30
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0014"
-down_revision = "0013"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
