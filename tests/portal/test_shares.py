@@ -344,10 +344,18 @@ def test_nothing_happens_that_cannot_be_recorded(
     assert link and pin
     before = len(stored_shares(signed_in))
 
-    def audit_database_down() -> None:
-        raise RuntimeError("the audit database is down")
+    class AuditDatabaseDown:
+        """Every way the auditor reaches its database (sessions, its engine, and the
+        autocommit engine single rows go through) fails."""
 
-    monkeypatch.setattr(signed_in.services.audit, "sessions", audit_database_down)
+        def __call__(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("the audit database is down")
+
+        begin = connect = __call__
+
+    audit = signed_in.services.audit
+    for way in ("sessions", "_engine", "_single"):
+        monkeypatch.setattr(audit, way, AuditDatabaseDown())
     # The right PIN does not open the share when the opening cannot be recorded.
     opened = enter_pin(client, link, pin)
     assert opened.status_code == 500 and "could not be recorded" in opened.text
