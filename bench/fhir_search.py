@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.support import DEFAULT_POSTGRES, throwaway_postgres  # noqa: E402
 from fixtures.generate import BENCH_PATIENT_ID, PATIENTS, write_fixtures  # noqa: E402
+from gateway.auth.clients import ClientKind  # noqa: E402
 from gateway.auth.secrets import new_id  # noqa: E402
 from gateway.auth.service import AuthServices  # noqa: E402
 from gateway.dicomweb.http_upstream import HttpUpstream  # noqa: E402
@@ -93,9 +94,20 @@ class Bench:
         self.index = StudyIndex(self.database.sessions)
         issuer = next(p.issuer for p in PATIENTS if p.patient_id == BENCH_PATIENT_ID)
         self.key = (issuer, BENCH_PATIENT_ID)
+        self.client_id: str | None = None
 
     async def token(self, scope: str, context: dict[str, str]) -> str:
-        grant = Grant(id=new_id(), client_id="bench", scope=scope, context=context)
+        if self.client_id is None:
+            # system/ scopes reach every patient only for a client registered as an operator.
+            created = await self.auth.clients.add(
+                name="fhir_search bench",
+                kind=ClientKind.backend,
+                jwks={"keys": []},
+                scope="system/*.rs",
+                operator=True,
+            )
+            self.client_id = created.client.client_id
+        grant = Grant(id=new_id(), client_id=self.client_id, scope=scope, context=context)
         async with self.database.sessions() as session:
             session.add(grant)
             await session.commit()

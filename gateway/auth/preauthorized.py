@@ -24,6 +24,7 @@ from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from gateway.store.database import autocommit
 from gateway.store.models import OAuthClient, PreauthorizedAccess
 
 CLIENT = "client"
@@ -81,6 +82,8 @@ class AccessTable:
         engine = sessions.kw.get("bind")
         assert isinstance(engine, AsyncEngine), "sessions must be bound to an engine"
         self.engine: AsyncEngine = engine
+        # Every request of a backend client reads here: single statements, no transaction.
+        self.reads = autocommit(engine)
 
     async def held_by(self, kind: str, holder: str) -> list[Entry]:
         query = (
@@ -88,7 +91,7 @@ class AccessTable:
             .where(_ACCESS.c.holder_kind == kind, _ACCESS.c.holder_id == holder)
             .order_by(_ACCESS.c.patient_id, _ACCESS.c.issuer, _ACCESS.c.study_uid)
         )
-        async with self.engine.connect() as connection:
+        async with self.reads.connect() as connection:
             return [_entry(row) for row in (await connection.execute(query)).all()]
 
     async def give(self, kind: str, holder: str, entries: Iterable[Entry]) -> int:
@@ -165,7 +168,7 @@ class BackendAccess:
             query = select(_CLIENT.c.operator, _CLIENT.c.organization_id).where(
                 _CLIENT.c.client_id == client_id
             )
-            async with self.table.engine.connect() as connection:
+            async with self.table.reads.connect() as connection:
                 row = (await connection.execute(query)).first()
             if row is not None:
                 operator, organization = bool(row.operator), row.organization_id

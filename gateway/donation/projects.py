@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.research.annex_e import Option
 from gateway.research.deid import Profile, ProfileError
 from gateway.research.pseudonyms import ProjectKey, Pseudonyms
+from gateway.store.database import autocommit
 from gateway.store.models import ResearchProject
 
 # Clean Graphics is in the table but the engine refuses it.
@@ -111,6 +112,8 @@ def check_options(names: list[str], accept_burned_in: bool) -> tuple[str, ...]:
 class Projects:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
+        # Asked on every backend request (is_research_client): one statement, no session.
+        self._reads = autocommit(sessions.kw["bind"])
 
     async def add(
         self,
@@ -184,9 +187,9 @@ class Projects:
     async def is_research_client(self, client_id: str) -> bool:
         """Was this client ever registered for a project (removed ones too)? Such a client
         reads de-identified copies only, never the gateway's own FHIR and DICOMweb."""
-        query = select(ResearchProject.id).where(ResearchProject.client_id == client_id)
-        async with self.sessions() as session:
-            return (await session.scalars(query)).first() is not None
+        query = select(ResearchProject.id).where(ResearchProject.client_id == client_id).limit(1)
+        async with self._reads.connect() as connection:
+            return (await connection.execute(query)).first() is not None
 
     async def remove(self, project_id: str) -> bool:
         """Ends the project: no more donations or deliveries; its records stay."""
