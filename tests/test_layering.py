@@ -42,6 +42,13 @@ ROUTE_MODULES = (
     "gateway/admin/routes.py",
     "gateway/auth/authorize.py",
     "gateway/operations.py",
+    "gateway/portal/sites_pages.py",
+    "gateway/portal/research_pages.py",
+    "gateway/portal/recipient_viewer.py",
+    "gateway/admin/transfers.py",
+    "gateway/admin/research.py",
+    "gateway/donation/routes.py",
+    "gateway/apps/routes.py",
 )
 # What only the wiring and the records layer hold; a route that needs them has a hole.
 INTERNALS = frozenset({"upstream", "database", "sessions", "engine", "jackets", "index"})

@@ -73,16 +73,15 @@ async def create(request: Request) -> Response:
             raise Refusal(400, "invalid_request", "Give the reason for sending (reason).")
         if not isinstance(days, int) or isinstance(days, bool):
             raise Refusal(400, "invalid_request", "days must be a whole number.")
-        jacket = await services.records.jackets.of(fhir_id)
-        own = jacket.released | set(jacket.held)  # staff are not held back by the delay
-        if jacket.key is None or not studies or any(uid not in own for uid in studies):
+        key, own = await services.records.studies.of_patient_for_staff(fhir_id)
+        if key is None or not studies or any(uid not in own for uid in studies):
             raise Refusal(
                 400, "invalid_request", "Each study must be one of the patient's studies."
             )
         sent = await services.sites.send(
             organization=organization,
             patient_fhir_id=fhir_id,
-            patient_key=jacket.key,
+            patient_key=key,
             studies=studies,
             days=days,
             staff_client=grant.client_id,

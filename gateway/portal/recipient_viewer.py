@@ -75,7 +75,7 @@ class ShareViewer:
         found = await opened_share(services, request.cookies.get(SHARE_COOKIE))
         return (services, *found) if found else (services, None, None)
 
-    async def index(self, request: Request) -> Response:
+    async def viewer_page(self, request: Request) -> Response:
         """OHIF's page, for every viewer route; the share page's message once it ended."""
         services, browser, share = await self.opened(request)
         if browser is None or share is None:
@@ -180,7 +180,7 @@ def routes(files: OhifFiles | None) -> list[BaseRoute]:
                 Route(f"/{HELPER}", viewer.helper, methods=["GET"]),
                 Route("/app-config.js", viewer.config, methods=["GET"]),
                 Route("/renew", viewer.renew, methods=["POST"]),
-                Route("/{path:path}", viewer.index, methods=["GET"]),
+                Route("/{path:path}", viewer.viewer_page, methods=["GET"]),
             ],
             middleware=[Middleware(SecurityHeadersMiddleware, policy=OHIF_POLICY)],
         )

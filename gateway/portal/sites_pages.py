@@ -119,7 +119,7 @@ async def send(
             days = whole_number("days", str(fields.get("days", "")), maximum=9999)
         except BadRequest:
             days = 0
-        key = (await services.records.jackets.of(account.patient_fhir_id or "")).key
+        key = await services.records.patients.key_of(account.patient_fhir_id or "")
         if key is None:
             raise SendError("Your studies cannot be found just now.")
         await services.sites.send(

@@ -107,6 +107,13 @@ class StudyRecords:
 
     # -- the patient's own ----------------------------------------------------
 
+    async def of_patient_for_staff(self, fhir_id: str) -> tuple[PatientKey | None, frozenset[str]]:
+        """A patient's key and every study of their jacket, released or held: for staff
+        whose admin scope lets them act on any patient's behalf (``admin/transfers``),
+        who are not held back by the release delay."""
+        jacket = await self.jackets.of(fhir_id)
+        return jacket.key, frozenset(jacket.released | set(jacket.held))
+
     async def jacket(self, access: Access) -> Jacket:
         """The jacket of the one patient the caller is confined to: the studies it may see,
         and those it would see once the release delay lets them through."""
