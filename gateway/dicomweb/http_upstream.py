@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -26,6 +25,7 @@ from pydicom import Dataset
 from requests.adapters import HTTPAdapter
 
 from gateway.dicomweb.dicomjson import DicomJson, text
+from gateway.dicomweb.stow import multipart_request
 from gateway.dicomweb.upstream import Retrieved, StoreResult
 from gateway.errors import (
     BadRequest,
@@ -191,18 +191,8 @@ class HttpUpstream:
         return parse_store_response(response, datasets)
 
     async def store_encoded(self, parts: Sequence[bytes]) -> StoreResult:
-        boundary = secrets.token_hex(16)
-        body = (
-            b"".join(
-                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
-                for part in parts
-            )
-            + f"--{boundary}--\r\n".encode()
-        )
-        headers = {
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-            "Accept": "application/dicom+json",
-        }
+        body, content_type = multipart_request(parts)
+        headers = {"Content-Type": content_type, "Accept": "application/dicom+json"}
         request = self._http.build_request(
             "POST", f"{self.url}/studies", content=body, headers=headers
         )

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import itertools
 import re
+import secrets
 import struct
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import IO, Any
@@ -77,6 +78,14 @@ class Outcome:
         if not self.failed:
             return 200
         return 202 if self.stored else 409
+
+
+def multipart_request(parts: Sequence[bytes]) -> tuple[bytes, str]:
+    """A STOW-RS request body of Part 10 files, and its Content-Type (a fresh boundary)."""
+    boundary = secrets.token_hex(16)
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    body = b"".join(head + part + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
 def boundary_of(content_type: str) -> str:

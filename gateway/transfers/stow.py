@@ -12,7 +12,6 @@ Secrets never appear in their messages.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from typing import Any
 
 import httpx
 from pydantic import SecretStr
+
+from gateway.dicomweb.stow import multipart_request
 
 RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
 
@@ -136,18 +137,8 @@ class StowClient:
 
     async def send(self, parts: Sequence[bytes]) -> StowAnswer:
         """Store Part 10 files in one multipart/related request."""
-        boundary = secrets.token_hex(16)
-        body = (
-            b"".join(
-                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
-                for part in parts
-            )
-            + f"--{boundary}--\r\n".encode()
-        )
-        headers = {
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-            "Accept": "application/dicom+json",
-        }
+        body, content_type = multipart_request(parts)
+        headers = {"Content-Type": content_type, "Accept": "application/dicom+json"}
         url = f"{self.target.url}/studies"
         response = await self._post(url, body, {**headers, **await self._authorization()})
         if response.status_code == 401 and self.target.auth == "oauth":
